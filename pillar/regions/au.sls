@@ -1,0 +1,20 @@
+# The AU region, as the seed describes it: Sydney coordinator, Melbourne Kamailio
+# standby, a PostgreSQL replica. Secrets and the addresses of VMs made after the
+# seed live in site/au.sls (encrypted, not in git).
+region: au
+network:
+  internal:
+    interface: gopbx0
+    cidr: 172.28.0.0/24
+  public:
+    coordinator: 149.28.188.104
+    sip_floating_ip: 103.43.75.51
+  dns:
+    api: api.gopbx.au
+    sip: sip.gopbx.au
+postgres:
+  version: 16
+  pgdg: true
+  # The replica reaches the primary on the coordinator's public address (hostssl,
+  # and pg_hba admits only the replica's address for replication).
+  extra_listen_addresses: [149.28.188.104]

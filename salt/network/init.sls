@@ -1,0 +1,30 @@
+{#- The seed's internal service network (172.28.0.0/24) as a dummy interface holding
+    every service address of the plan. In the lab the plan is 127.28.0.0/24 on
+    loopback, where the whole 127/8 is already local, so there is nothing to do. #}
+{%- set plan = salt['gopbx_pillar.network']() %}
+{%- set interface = plan.internal.interface %}
+{%- set prefix = plan.internal.cidr.split('/')[1] %}
+{%- set addresses = plan.services.values() | unique | sort %}
+
+{%- if interface != 'lo' %}
+network-internal-interface-config-managed:
+  file.managed:
+    - name: /etc/network/interfaces.d/{{ interface }}
+    - mode: '0644'
+    - contents: |
+        # Managed by Salt (network formula): GoPBX's internal service network.
+        auto {{ interface }}
+        iface {{ interface }} inet manual
+            pre-up ip link add {{ interface }} type dummy || true
+            up ip link set {{ interface }} up
+        {%- for address in addresses %}
+            up ip addr add {{ address }}/{{ prefix }} dev {{ interface }}
+        {%- endfor %}
+            post-down ip link del {{ interface }}
+
+network-internal-interface-up:
+  cmd.run:
+    - name: ifdown --force {{ interface }}; ifup {{ interface }}
+    - onchanges:
+      - file: network-internal-interface-config-managed
+{%- endif %}

@@ -1,0 +1,139 @@
+"""
+The single-host lab: the coordinator role applied masterless on this machine.
+
+    scripts/lab up            apply the lab highstate, print what runs where
+    scripts/lab status        print what runs where
+    scripts/lab call ARGS...  salt-call with the lab's configuration
+
+Everything the lab writes lives under .lab/ (git-ignored): the masterless minion
+configuration, Salt's own state, and the throwaway secrets made on first run.
+"""
+
+import argparse
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LAB = REPO / ".lab"
+MINION_ID = "lab-coord-1"
+SECRET_NAMES = {
+    "postgres": ["kamailio", "api", "salt", "metrics", "replicator"],
+    "redis": ["password"],
+}
+
+
+def ensure_secrets():
+    """Make the lab's throwaway secrets once; later runs keep them."""
+    path = LAB / "pillar" / "site" / "lab.sls"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {group: {name: secrets.token_urlsafe(24) for name in names} for group, names in SECRET_NAMES.items()}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("# Throwaway lab secrets, made by scripts/lab. Never used outside the lab.\n")
+        handle.write(json.dumps({"secrets": data}, indent=2) + "\n")
+    return path
+
+
+def minion_config():
+    """Write the masterless minion configuration for this checkout; return its directory."""
+    config_dir = LAB / "etc" / "salt"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    root = LAB / "salt-root"
+    config = {
+        "id": MINION_ID,
+        "file_client": "local",
+        "root_dir": str(root),
+        "log_file": str(root / "var" / "log" / "salt" / "minion"),
+        "file_roots": {"base": [str(REPO / "salt"), str(REPO)]},
+        "file_ignore_regex": [r"/\.git($|/)", r"/\.venv($|/)", r"/\.lab/(salt-root|etc)($|/)", r"/tests($|/)"],
+        "pillar_roots": {"base": [str(REPO / "pillar"), str(LAB / "pillar")]},
+        "pillar_safe_render_error": True,
+        "state_verbose": False,
+    }
+    (config_dir / "minion").write_text(json.dumps(config, indent=2) + "\n")
+    return config_dir
+
+
+def salt_call(args, capture=False):
+    config_dir = minion_config()
+    command = [str(REPO / ".venv" / "bin" / "salt-call"), "--local", "-c", str(config_dir), *args]
+    if capture:
+        return subprocess.run(command, capture_output=True, text=True, check=False)
+    return subprocess.run(command, check=False)
+
+
+def apply(extra=()):
+    """Apply the highstate; return (return code, parsed state results or errors)."""
+    ensure_secrets()
+    started = time.monotonic()
+    # top.sls and every map.jinja call the custom modules, so sync them first.
+    sync = salt_call(["saltutil.sync_all", "--out=quiet"], capture=True)
+    if sync.returncode != 0:
+        return sync.returncode, sync.stdout + sync.stderr, time.monotonic() - started
+    proc = salt_call(["state.apply", "--out=json", "--retcode-passthrough", *extra], capture=True)
+    elapsed = time.monotonic() - started
+    try:
+        result = json.loads(proc.stdout)["local"]
+    except (ValueError, KeyError):
+        result = proc.stdout + proc.stderr
+    return proc.returncode, result, elapsed
+
+
+def summarize(result):
+    """(states, changed, failed) counts, and the failures' comments."""
+    if not isinstance(result, dict):
+        return 0, 0, 1, [str(result)]
+    changed = [key for key, value in result.items() if value.get("changes")]
+    failed = [f"{value.get('__id__', key)}: {value.get('comment')}" for key, value in result.items() if not value.get("result")]
+    return len(result), len(changed), len(failed), failed
+
+
+def listening(address, port):
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((address, port)) == 0
+
+
+def status():
+    """Print what runs where, from the lab's own pillar."""
+    proc = salt_call(["gopbx_pillar.network", "--out=json"], capture=True)
+    plan = json.loads(proc.stdout)["local"]["services"]
+    rows = [("PostgreSQL", "postgres", 5432), ("pgBouncer", "pgbouncer", 5432), ("Redis", "redis", 6379)]
+    print(f"{'service':<12} {'address':<22} state")
+    for label, key, port in rows:
+        state = "listening" if listening(plan[key], port) else "DOWN"
+        print(f"{label:<12} {plan[key] + ':' + str(port):<22} {state}")
+    print(f"secrets: {LAB / 'pillar' / 'site' / 'lab.sls'} (throwaway, git-ignored)")
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(prog="scripts/lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "status", "call"])
+    parser.add_argument("args", nargs=argparse.REMAINDER)
+    options = parser.parse_args(argv)
+    if options.command == "call":
+        ensure_secrets()
+        return salt_call(options.args).returncode
+    if options.command == "status":
+        status()
+        return 0
+    code, result, elapsed = apply(options.args)
+    states, changed, failed, failures = summarize(result)
+    print(f"lab highstate on {MINION_ID}: {states} states, {changed} changed, {failed} failed, {elapsed:.1f} s")
+    for failure in failures:
+        print(f"  FAILED {failure}")
+    if code == 0 and not failed:
+        status()
+    return code or (1 if failed else 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
