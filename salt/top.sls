@@ -1,9 +1,8 @@
-{#- Roles come from pillar, and the pillar top assigns them by minion id: a minion
-    controls its own grains, so grains never decide what a host becomes.
-    gopbx_pillar.states validates the roles and the address plan first. #}
+# Every host runs 'common' and then 'roles', which includes the formulas of the
+# roles its pillar gives it (pillar assigns roles by minion id, never by grains).
+# The mapping is kept out of this file: a pillar error while rendering the top
+# file would only be reported as "no top file matches", without its reason.
 base:
   '*':
     - common
-{%- for sls in salt['gopbx_pillar.states']() %}
-    - {{ sls }}
-{%- endfor %}
+    - roles

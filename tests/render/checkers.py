@@ -1,0 +1,158 @@
+"""
+Run rendered configurations through their own programs, on loopback and in
+throwaway directories: a configuration is good when the real program accepts it.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def postgres_owned_dir():
+    """A temporary directory the postgres user can use (pytest's tmp is root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="gopbx-check-"))
+    shutil.chown(path, "postgres", "postgres")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def as_postgres(*command, **kwargs):
+    return subprocess.run(["runuser", "-u", "postgres", "--", *map(str, command)], capture_output=True,
+                          text=True, check=False, timeout=120, **kwargs)
+
+
+def _write(path, text, owner="postgres", mode=0o600):
+    path.write_text(text)
+    shutil.chown(path, owner, owner)
+    os.chmod(path, mode)
+
+
+def check_postgres(conf, hba):
+    """
+    Start a throwaway cluster with the rendered conf.d file and pg_hba.conf (on a
+    unix socket only) and return {'file_errors', 'hba_errors', 'settings'}.
+    """
+    with postgres_owned_dir() as tmp:
+        data = tmp / "data"
+        result = as_postgres(PG_BIN / "initdb", "-D", data, "-A", "peer", "-U", "postgres")
+        assert result.returncode == 0, result.stderr
+        _write(data / "gopbx.conf", conf)
+        _write(data / "pg_hba.conf", hba)
+        with open(data / "postgresql.conf", "a") as handle:
+            handle.write("\ninclude 'gopbx.conf'\n")
+        # hostssl lines are only valid with SSL on, as Debian's clusters have it.
+        result = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=check",
+                                 "-days", "1", "-keyout", data / "server.key", "-out", data / "server.crt"],
+                                capture_output=True, check=False)
+        assert result.returncode == 0, result.stderr
+        for name in ("server.key", "server.crt"):
+            shutil.chown(data / name, "postgres", "postgres")
+        port = free_port()
+        options = f"-c listen_addresses='' -c unix_socket_directories={tmp} -p {port} -c ssl=on"
+        result = as_postgres(PG_BIN / "pg_ctl", "-D", data, "-o", options, "-l", tmp / "log", "-w", "start")
+        assert result.returncode == 0, (tmp / "log").read_text() if (tmp / "log").exists() else result.stderr
+        try:
+            def query(sql):
+                out = as_postgres("psql", "-X", "-A", "-t", "-h", tmp, "-p", port, "-d", "postgres", "-c", sql)
+                assert out.returncode == 0, out.stderr
+                return [line.split("|") for line in out.stdout.splitlines() if line]
+
+            return {
+                # The check overrides where the server listens, so those settings are not applied.
+                "file_errors": query("SELECT name, error FROM pg_file_settings WHERE error IS NOT NULL "
+                                     "AND name NOT IN ('listen_addresses', 'port')"),
+                "hba_errors": query("SELECT line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL"),
+                "hba_rules": query("SELECT type, database, user_name, address, auth_method FROM pg_hba_file_rules"),
+                "settings": dict(query(
+                    "SELECT name, current_setting(name) FROM pg_settings WHERE name IN ('wal_level', "
+                    "'max_wal_senders', 'wal_keep_size', 'max_connections', 'shared_buffers', 'password_encryption')"
+                )),
+            }
+        finally:
+            as_postgres(PG_BIN / "pg_ctl", "-D", data, "-m", "immediate", "stop")
+
+
+def _replace_keys(ini, replacements):
+    lines = []
+    for line in ini.splitlines():
+        key = line.split("=", 1)[0].strip()
+        lines.append(f"{key} = {replacements[key]}" if key in replacements and "=" in line else line)
+    return "\n".join(lines) + "\n"
+
+
+def check_pgbouncer(ini, userlist, stats_user, stats_password):
+    """
+    Start pgBouncer with the rendered ini and auth file, moved to loopback and a
+    temporary directory, and return its SHOW CONFIG as a dict (logging in with
+    SCRAM as the stats user proves the auth file too) and its log.
+    """
+    with postgres_owned_dir() as tmp:
+        port = free_port()
+        ini = _replace_keys(ini, {
+            "listen_addr": "127.0.0.1", "listen_port": port, "logfile": tmp / "log",
+            "pidfile": tmp / "pid", "auth_file": tmp / "userlist.txt",
+        })
+        _write(tmp / "pgbouncer.ini", ini)
+        _write(tmp / "userlist.txt", userlist)
+        process = subprocess.Popen(["runuser", "-u", "postgres", "--", "pgbouncer", str(tmp / "pgbouncer.ini")],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            for _ in range(50):
+                if process.poll() is not None or (tmp / "pid").exists():
+                    break
+                time.sleep(0.1)
+            assert process.poll() is None, f"pgbouncer refused the configuration: {process.stdout.read()}"
+            out = subprocess.run(["psql", "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(port), "-U", stats_user,
+                                  "-d", "pgbouncer", "-c", "SHOW CONFIG"], capture_output=True, text=True,
+                                 env={**os.environ, "PGPASSWORD": stats_password}, check=False, timeout=30)
+            assert out.returncode == 0, out.stderr
+            config = {row.split("|")[0]: row.split("|")[1] for row in out.stdout.splitlines() if row}
+            return config, (tmp / "log").read_text()
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+def check_redis(conf, password):
+    """Start redis-server on the rendered file, on loopback; return its answers to CONFIG GET and to a client without password."""
+    with tempfile.TemporaryDirectory(prefix="gopbx-check-") as tmp:
+        path = Path(tmp) / "redis.conf"
+        path.write_text(conf)
+        port = free_port()
+        process = subprocess.Popen(["redis-server", str(path), "--bind", "127.0.0.1", "--port", str(port),
+                                    "--daemonize", "no", "--pidfile", "", "--logfile", "", "--dir", tmp],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            cli = ["redis-cli", "-h", "127.0.0.1", "-p", str(port)]
+            for _ in range(50):
+                assert process.poll() is None, f"redis-server refused the configuration: {process.stdout.read()}"
+                if subprocess.run(cli + ["PING"], capture_output=True, text=True, check=False).stdout.strip():
+                    break
+                time.sleep(0.1)
+            authed = cli + ["--no-auth-warning", "-a", password]
+            config = {}
+            for key in ("maxmemory", "maxmemory-policy", "protected-mode"):
+                name, value = subprocess.run(authed + ["CONFIG", "GET", key], capture_output=True, text=True,
+                                             check=True).stdout.split()
+                config[name] = value
+            anonymous = subprocess.run(cli + ["GET", "x"], capture_output=True, text=True, check=False).stdout
+            return config, anonymous.strip()
+        finally:
+            process.terminate()
+            process.wait(timeout=10)

@@ -1,0 +1,185 @@
+"""
+Every role renders with the lab pillar and with a production-like AU pillar, and
+each rendered configuration is accepted by its own program.
+"""
+
+import json
+
+import pytest
+
+from tests.render import checkers
+from tests.support import fake_secrets, salt_call, write_minion_config
+
+ROLE_OF = {
+    "lab-coord-1": "coordinator",
+    "coord-syd-1": "coordinator",
+    "kam-mel-1": "kamailio-standby",
+    "pgrep-syd-1": "pg-replica",
+    "fs-syd-1": "freeswitch",
+}
+COORDINATORS = ["lab-coord-1", "coord-syd-1"]
+AU_REPLICA = "192.0.2.20"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A masterless config with this tree's pillar plus a site pillar of fake secrets."""
+    tmp = tmp_path_factory.mktemp("render")
+    site = tmp / "pillar" / "site"
+    site.mkdir(parents=True)
+    secrets = {"lab": fake_secrets(), "au": fake_secrets()}
+    (site / "lab.sls").write_text(json.dumps({"secrets": secrets["lab"]}))
+    (site / "au.sls").write_text(json.dumps({"secrets": secrets["au"], "postgres": {"replicas": [AU_REPLICA]}}))
+    config = write_minion_config(tmp / "etc", tmp / "pillar")
+    salt_call(config, "saltutil.sync_all")
+    return {"config": config, "secrets": secrets, "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def lowstate(env):
+    cache = {}
+
+    def get(minion_id):
+        if minion_id not in cache:
+            _, chunks = salt_call(env["config"], "state.show_lowstate", minion_id=minion_id)
+            cache[minion_id] = chunks
+        return cache[minion_id]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def rendered(env, lowstate):
+    """The files a minion's highstate would write: {path: text}, templates rendered by Salt."""
+    cache = {}
+
+    def get(minion_id):
+        if minion_id in cache:
+            return cache[minion_id]
+        files = {}
+        for chunk in lowstate(minion_id):
+            if chunk["state"] != "file" or chunk["fun"] != "managed":
+                continue
+            if "contents" in chunk:
+                files[chunk["name"]] = chunk["contents"]
+                continue
+            dest = env["tmp"] / "out" / minion_id / chunk["name"].lstrip("/")
+            context = [f"{key}={json.dumps(value)}" for key, value in chunk.get("context", {}).items()]
+            salt_call(env["config"], "cp.get_template", chunk["source"], str(dest), "makedirs=True", *context,
+                      minion_id=minion_id)
+            files[chunk["name"]] = dest.read_text()
+        cache[minion_id] = files
+        return files
+
+    return get
+
+
+def _secrets(env, minion_id):
+    return env["secrets"]["lab" if minion_id.startswith("lab-") else "au"]
+
+
+@pytest.mark.parametrize("minion_id", ROLE_OF)
+def test_every_role_renders_its_formulas(lowstate, minion_id):
+    chunks = lowstate(minion_id)
+    assert all(isinstance(chunk, dict) for chunk in chunks), chunks
+    formulas = {chunk["__sls__"] for chunk in chunks}
+    expected = {"common"}
+    if ROLE_OF[minion_id] == "coordinator":
+        expected |= {"postgres", "pgbouncer", "redis"}
+        # The lab's plan is on loopback: the network formula has nothing to do there.
+        expected |= set() if minion_id.startswith("lab-") else {"network"}
+    assert formulas == expected
+    ids = [(chunk["state"], chunk["__id__"]) for chunk in chunks]
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("minion_id", ROLE_OF)
+def test_roles_come_from_the_minion_id(rendered, minion_id):
+    assert rendered(minion_id)["/etc/gopbx/roles"].strip().split("\n")[1:] == [ROLE_OF[minion_id]]
+
+
+@pytest.mark.parametrize("minion_id", COORDINATORS)
+def test_postgres_config_is_accepted_by_postgres(rendered, minion_id):
+    version = 15 if minion_id.startswith("lab-") else 16
+    files = rendered(minion_id)
+    result = checkers.check_postgres(files[f"/etc/postgresql/{version}/main/conf.d/gopbx.conf"],
+                                     files[f"/etc/postgresql/{version}/main/pg_hba.conf"])
+    assert result["file_errors"] == [] and result["hba_errors"] == []
+    assert result["settings"] == {
+        "wal_level": "replica", "max_wal_senders": "3", "wal_keep_size": "256MB", "max_connections": "100",
+        "shared_buffers": "256MB" if minion_id.startswith("lab-") else "1GB", "password_encryption": "scram-sha-256",
+    }
+    rules = [tuple(rule) for rule in result["hba_rules"]]
+    pooled = "{gopbx_api,gopbx_metrics,gopbx_salt,kamailio}"
+    if minion_id.startswith("lab-"):
+        assert ("host", "{gopbx}", pooled, "127.28.0.0", "scram-sha-256") in rules
+        assert not any(rule[1] == "{replication}" for rule in rules)
+    else:
+        assert ("host", "{gopbx}", pooled, "172.28.0.0", "scram-sha-256") in rules
+        assert ("hostssl", "{replication}", "{replicator}", AU_REPLICA, "scram-sha-256") in rules
+    assert ("local", "{all}", "{postgres}", "", "peer") in rules
+    assert all(rule[4] in ("peer", "scram-sha-256") for rule in rules)
+
+
+def test_production_postgres_listens_on_plan_and_replication_addresses(rendered):
+    conf = rendered("coord-syd-1")["/etc/postgresql/16/main/conf.d/gopbx.conf"]
+    assert "listen_addresses = '172.28.0.10,149.28.188.104'" in conf
+
+
+@pytest.mark.parametrize("minion_id", COORDINATORS)
+def test_pgbouncer_config_is_accepted_by_pgbouncer(env, rendered, minion_id):
+    files = rendered(minion_id)
+    ini = files["/etc/pgbouncer/pgbouncer.ini"]
+    plan = "127.28.0" if minion_id.startswith("lab-") else "172.28.0"
+    assert f"listen_addr = {plan}.12" in ini and f"host={plan}.10 port=5432" in ini
+    config, log = checkers.check_pgbouncer(ini, files["/etc/pgbouncer/userlist.txt"], "gopbx_metrics",
+                                           _secrets(env, minion_id)["postgres"]["metrics"])
+    assert config["pool_mode"] == "transaction"
+    assert config["default_pool_size"] == "40" and config["max_client_conn"] == "500"
+    assert config["max_db_connections"] == "80" and config["auth_type"] == "scram-sha-256"
+    assert "WARNING" not in log and "ERROR" not in log
+
+
+@pytest.mark.parametrize("minion_id", COORDINATORS)
+def test_pgbouncer_auth_file_holds_no_plaintext(env, rendered, minion_id):
+    userlist = rendered(minion_id)["/etc/pgbouncer/userlist.txt"]
+    for password in _secrets(env, minion_id)["postgres"].values():
+        assert password not in userlist
+    assert userlist.count("SCRAM-SHA-256$4096:") == 4
+
+
+@pytest.mark.parametrize("minion_id", COORDINATORS)
+def test_redis_config_is_accepted_by_redis(env, rendered, minion_id):
+    conf = rendered(minion_id)["/etc/redis/redis.conf"]
+    plan = "127.28.0" if minion_id.startswith("lab-") else "172.28.0"
+    assert f"bind {plan}.11" in conf
+    config, anonymous = checkers.check_redis(conf, _secrets(env, minion_id)["redis"]["password"])
+    assert config == {"maxmemory": str(512 * 1024 * 1024), "maxmemory-policy": "allkeys-lru", "protected-mode": "yes"}
+    assert anonymous.startswith("NOAUTH")
+
+
+def test_production_internal_network_holds_every_plan_address(rendered):
+    interface = rendered("coord-syd-1")["/etc/network/interfaces.d/gopbx0"]
+    assert "ip link add gopbx0 type dummy" in interface
+    for host in (1, 10, 11, 12, 13, 15, 30, 40, 41, 42, 43, 44):
+        assert f"ip addr add 172.28.0.{host}/24 dev gopbx0" in interface
+
+
+def test_lab_needs_no_interface(lowstate):
+    assert not [chunk for chunk in lowstate("lab-coord-1") if chunk["__sls__"] == "network"]
+
+
+@pytest.mark.parametrize("override,key", [
+    ({"redis": {"maxmemory_mb": -5}}, "redis:maxmemory_mb"),
+    ({"pgbouncer": {"default_pool_size": 0}}, "pgbouncer:default_pool_size"),
+    ({"roles": ["coordinator", "mystery"]}, "roles"),
+    ({"network": {"services": {"postgres": "8.8.8.8"}}}, "network:services:postgres"),
+    ({"secrets": {"redis": {"password": None}}}, "secrets:redis:password"),
+])
+def test_bad_pillar_fails_the_render_naming_the_key(env, override, key):
+    # A dry run: if the render wrongly passed, nothing would be changed anyway.
+    code, errors = salt_call(env["config"], "state.apply", "test=True", f"pillar={json.dumps(override)}",
+                             minion_id="coord-syd-1", check=False)
+    assert code != 0
+    assert isinstance(errors, list) and all(isinstance(error, str) for error in errors), errors
+    assert f"pillar key '{key}'" in json.dumps(errors)

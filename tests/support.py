@@ -1,0 +1,61 @@
+"""Helpers shared by the test suites."""
+
+import importlib.util
+import json
+import secrets
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = REPO / ".venv" / "bin"
+
+
+def load_module(folder, name, alias=None):
+    """Import a Salt extension module (e.g. _modules/gopbx_db.py) under a unique name."""
+    path = REPO / folder / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(alias or f"{folder.strip('_')}_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_secrets():
+    """Random secrets in the shape the formulas require."""
+    return {
+        "postgres": {name: secrets.token_urlsafe(24) for name in ("kamailio", "api", "salt", "metrics", "replicator")},
+        "redis": {"password": secrets.token_urlsafe(24)},
+    }
+
+
+def write_minion_config(directory, pillar_root, minion_id="lab-coord-1"):
+    """A masterless minion configuration for this tree, with its own root and an extra pillar root."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    root = directory / "root"
+    config = {
+        "id": minion_id,
+        "file_client": "local",
+        "root_dir": str(root),
+        "log_file": str(root / "minion.log"),
+        "file_roots": {"base": [str(REPO / "salt"), str(REPO)]},
+        "file_ignore_regex": [r"/\.git($|/)", r"/\.venv($|/)", r"/\.lab($|/)", r"/tests($|/)"],
+        "pillar_roots": {"base": [str(REPO / "pillar"), str(pillar_root)]},
+        "pillar_safe_render_error": True,
+    }
+    (directory / "minion").write_text(json.dumps(config))
+    return directory
+
+
+def salt_call(config_dir, *args, minion_id=None, check=True):
+    """Run salt-call --local with JSON output; return (return code, parsed 'local' value or raw text)."""
+    command = [str(VENV_BIN / "salt-call"), "--local", "-c", str(config_dir), "--out=json", "--retcode-passthrough"]
+    if minion_id:
+        command += ["--id", minion_id]
+    proc = subprocess.run(command + list(args), capture_output=True, text=True, check=False, timeout=600)
+    try:
+        value = json.loads(proc.stdout)["local"]
+    except (ValueError, KeyError):
+        value = proc.stdout + proc.stderr
+    if check and proc.returncode != 0:
+        raise AssertionError(f"salt-call {' '.join(args)} failed ({proc.returncode}): {value}")
+    return proc.returncode, value
