@@ -13,6 +13,7 @@ controls its own grains, so grains never decide a role or a secret.
 import copy
 import ipaddress
 
+import salt.utils.secret
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "gopbx_pillar"
@@ -145,10 +146,20 @@ def _merge(base, override):
     return merged
 
 
+def _plain(value):
+    """A deep copy made of plain dicts and lists (pillar from a master arrives masked)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
 def _pillar():
-    # __pillar__ is the loader's context wrapper, not a dict: copy it into one.
+    # __pillar__ is the loader's context wrapper: copy it into plain dicts, so
+    # that the plan and settings print as they are; secrets are masked again below.
     pillar = __pillar__  # noqa: F821  (a loader dunder)
-    return {key: pillar[key] for key in pillar}
+    return _plain({key: pillar[key] for key in pillar})
 
 
 def roles(pillar=None):
@@ -266,7 +277,8 @@ def settings(formula, defaults=None, pillar=None):
     merged["plan"] = plan["services"]
     merged["plan_network"] = plan["internal"]["cidr"]
     merged["address"] = plan["services"].get(formula)
-    merged["secrets"] = _check_secrets(formula, merged.get("required_secrets", []), pillar)
+    # Masked in any output (templates still read the plain values).
+    merged["secrets"] = salt.utils.secret.hide(_check_secrets(formula, merged.get("required_secrets", []), pillar))
     return merged
 
 

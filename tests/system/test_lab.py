@@ -1,0 +1,174 @@
+"""The single-host lab: applied for real, idempotent, and its data tier works as specified."""
+
+import json
+import os
+import socket
+import subprocess
+
+import psycopg2
+import pytest
+
+from tests.support import salt_call
+from tests.system.conftest import LAB_CONFIG, PLAN
+
+pytestmark = pytest.mark.system
+
+
+def connect(lab, user, password=None, host=PLAN["pgbouncer"]):
+    secret_key = {"kamailio": "kamailio", "gopbx_api": "api", "gopbx_salt": "salt", "gopbx_metrics": "metrics"}[user]
+    password = password if password is not None else lab["secrets"]["postgres"][secret_key]
+    return psycopg2.connect(host=host, port=5432, dbname="gopbx", user=user, password=password, connect_timeout=5)
+
+
+def redis_cli(*args, password=None):
+    command = ["redis-cli", "-h", PLAN["redis"], "-p", "6379", "--no-auth-warning"]
+    if password:
+        command += ["-a", password]
+    return subprocess.run(command + list(args), capture_output=True, text=True, check=False, timeout=30).stdout.strip()
+
+
+def test_lab_up_reports_every_service_listening(lab):
+    assert "0 failed" in lab["output"]
+    for line in ("PostgreSQL   127.28.0.10:5432", "pgBouncer    127.28.0.12:5432", "Redis        127.28.0.11:6379"):
+        assert f"{line}       listening" in lab["output"]
+
+
+def test_second_apply_reports_zero_changes(lab):
+    _, result = salt_call(LAB_CONFIG, "state.apply")
+    changed = {key: value["changes"] for key, value in result.items() if value["changes"]}
+    assert changed == {}
+    assert all(value["result"] is True for value in result.values())
+
+
+def test_dry_run_tells_the_truth_nothing_to_change(lab):
+    _, result = salt_call(LAB_CONFIG, "state.apply", "test=True")
+    pending = {key: value["comment"] for key, value in result.items() if value["result"] is not True or value["changes"]}
+    assert pending == {}
+
+
+def test_dry_run_reports_a_drifted_config_and_leaves_it(lab):
+    path = "/etc/redis/redis.conf"
+    with open(path) as handle:
+        original = handle.read()
+    stat = os.stat(path)
+    try:
+        with open(path, "a") as handle:
+            handle.write("# drift\n")
+        _, result = salt_call(LAB_CONFIG, "state.apply", "test=True")
+        drifted = [value for value in result.values() if value["__id__"] == "redis-config-managed"]
+        assert drifted[0]["result"] is None
+        with open(path) as handle:
+            assert handle.read().endswith("# drift\n")
+    finally:
+        with open(path, "w") as handle:
+            handle.write(original)
+        os.chown(path, stat.st_uid, stat.st_gid)
+        os.chmod(path, stat.st_mode)
+
+
+@pytest.mark.parametrize("user,sql", [
+    ("kamailio", "SELECT count(*) FROM subscriber"),
+    ("gopbx_api", "SELECT count(*) FROM gopbx.tenants"),
+    ("gopbx_salt", "SELECT count(*) FROM gopbx.nodes"),
+])
+def test_roles_work_through_pgbouncer(lab, user, sql):
+    with connect(lab, user) as conn, conn.cursor() as cursor:
+        cursor.execute(sql)
+        assert cursor.fetchone()[0] >= 0
+    conn.close()
+
+
+def test_api_role_writes_tenants_in_a_transaction(lab):
+    conn = connect(lab, "gopbx_api")
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("INSERT INTO gopbx.tenants (domain, name, max_calls, calls_per_second) "
+                           "VALUES ('system-test.example', 'System test', 5, 2) RETURNING id")
+            assert cursor.fetchone()[0] > 0
+            cursor.execute("INSERT INTO gopbx.audit (actor, action, object_type, object_id) "
+                           "VALUES ('system-test', 'create', 'tenant', 'system-test.example')")
+        conn.rollback()
+    finally:
+        conn.close()
+
+
+def test_wrong_password_is_refused(lab):
+    with pytest.raises(psycopg2.OperationalError, match="authentication failed"):
+        connect(lab, "kamailio", password="not-the-password")
+
+
+@pytest.mark.parametrize("user,sql", [
+    ("kamailio", "INSERT INTO gopbx.tenants (domain, name, max_calls, calls_per_second) VALUES ('x.y', 'x', 1, 1)"),
+    ("kamailio", "UPDATE subscriber SET ha1 = 'x'"),
+    ("gopbx_api", "UPDATE gopbx.audit SET actor = 'forged'"),
+    ("gopbx_api", "DELETE FROM gopbx.nodes"),
+    ("gopbx_salt", "DELETE FROM subscriber"),
+    ("gopbx_metrics", "SELECT * FROM subscriber"),
+])
+def test_least_privilege(lab, user, sql):
+    conn = connect(lab, user)
+    try:
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege), conn.cursor() as cursor:
+            cursor.execute(sql)
+    finally:
+        conn.close()
+
+
+def test_pgbouncer_pools_in_transaction_mode(lab):
+    stats = psycopg2.connect(host=PLAN["pgbouncer"], port=5432, dbname="pgbouncer", user="gopbx_metrics",
+                             password=lab["secrets"]["postgres"]["metrics"])
+    stats.set_session(autocommit=True)
+    with stats.cursor() as cursor:
+        cursor.execute("SHOW CONFIG")
+        config = {row[0]: row[1] for row in cursor.fetchall()}
+    stats.close()
+    assert (config["pool_mode"], config["default_pool_size"], config["max_client_conn"]) == ("transaction", "40", "500")
+
+
+def test_migrations_are_recorded(lab):
+    _, applied = salt_call(LAB_CONFIG, "gopbx_db.applied_migrations", "gopbx")
+    assert sorted(map(int, applied)) == [1, 2, 3]
+    _, pending = salt_call(LAB_CONFIG, "gopbx_db.pending_migrations", "gopbx", "/usr/share/gopbx/migrations")
+    assert pending == []
+
+
+def test_postgres_settings_from_pillar(lab):
+    conn = connect(lab, "gopbx_metrics", host=PLAN["postgres"])
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT name, current_setting(name) FROM pg_settings WHERE name IN "
+                       "('wal_level', 'max_wal_senders', 'wal_keep_size', 'max_connections', 'password_encryption')")
+        settings = dict(cursor.fetchall())
+    conn.close()
+    assert settings == {"wal_level": "replica", "max_wal_senders": "3", "wal_keep_size": "256MB",
+                        "max_connections": "100", "password_encryption": "scram-sha-256"}
+
+
+def test_redis_requires_its_password(lab):
+    password = lab["secrets"]["redis"]["password"]
+    assert redis_cli("GET", "anything").startswith("NOAUTH")
+    assert redis_cli("PING", password=password) == "PONG"
+    assert redis_cli("CONFIG", "GET", "maxmemory", password=password).split() == ["maxmemory", str(512 * 2**20)]
+    assert redis_cli("CONFIG", "GET", "maxmemory-policy", password=password).split()[1] == "allkeys-lru"
+
+
+@pytest.mark.parametrize("port", [5432, 6379])
+def test_services_listen_only_on_their_plan_addresses(lab, port):
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.parametrize("override,key", [
+    ({"redis": {"maxmemory_mb": -5}}, "redis:maxmemory_mb"),
+    ({"secrets": {"postgres": {"api": None}}}, "secrets:postgres:api"),
+    ({"roles": ["coordinator", "voicemail"]}, "roles"),
+    ({"network": {"services": {"pgbouncer": "10.1.2.3"}}}, "network:services:pgbouncer"),
+])
+def test_bad_pillar_applies_nothing_and_names_the_key(lab, override, key):
+    watched = ["/etc/redis/redis.conf", "/etc/gopbx/roles", "/etc/pgbouncer/pgbouncer.ini"]
+    before = {path: os.stat(path).st_mtime_ns for path in watched}
+    code, result = salt_call(LAB_CONFIG, "state.apply", f"pillar={json.dumps(override)}", check=False)
+    assert code != 0
+    assert isinstance(result, list), "no state may run when the pillar is bad"
+    assert f"pillar key '{key}'" in json.dumps(result)
+    assert {path: os.stat(path).st_mtime_ns for path in watched} == before
