@@ -37,10 +37,21 @@ pgbouncer-userlist-managed:
     - require:
       - pkg: pgbouncer-pkg-installed
 
+# A changed pgbouncer.ini gets a full stop and start: Debian's init script
+# restarts "online" through the unix socket, which this setup turns off.
+pgbouncer-service-restarted:
+  cmd.run:
+    - name: service pgbouncer stop && service pgbouncer start
+    - onchanges:
+      - file: pgbouncer-config-managed
+
+# A changed auth file only needs a reload (SIGHUP), which keeps client connections.
 pgbouncer-service-running:
   service.running:
     - name: pgbouncer
     - enable: True
+    - reload: True
     - watch:
-      - file: pgbouncer-config-managed
       - file: pgbouncer-userlist-managed
+    - require:
+      - cmd: pgbouncer-service-restarted

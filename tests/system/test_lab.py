@@ -172,3 +172,24 @@ def test_bad_pillar_applies_nothing_and_names_the_key(lab, override, key):
     assert isinstance(result, list), "no state may run when the pillar is bad"
     assert f"pillar key '{key}'" in json.dumps(result)
     assert {path: os.stat(path).st_mtime_ns for path in watched} == before
+
+
+def test_a_rotated_secret_is_applied_and_logins_follow_it(lab):
+    """Rotate the kamailio role's secret in the lab pillar: PostgreSQL and pgBouncer both take it."""
+    import secrets as token
+
+    import yaml
+
+    from tests.support import REPO
+
+    path = REPO / ".lab" / "pillar" / "site" / "lab.sls"
+    site = yaml.safe_load(path.read_text())
+    old = site["secrets"]["postgres"]["kamailio"]
+    site["secrets"]["postgres"]["kamailio"] = token.token_urlsafe(24)
+    path.write_text("# Throwaway lab secrets, made by scripts/lab.\n" + json.dumps(site, indent=2) + "\n")
+    lab["secrets"]["postgres"]["kamailio"] = site["secrets"]["postgres"]["kamailio"]
+    _, result = salt_call(LAB_CONFIG, "state.apply")
+    assert all(value["result"] is True for value in result.values())
+    connect(lab, "kamailio").close()
+    with pytest.raises(psycopg2.OperationalError, match="authentication failed"):
+        connect(lab, "kamailio", password=old)
