@@ -2,13 +2,15 @@
 
 import json
 import os
+import secrets as token
 import socket
 import subprocess
 
 import psycopg2
 import pytest
+import yaml
 
-from tests.support import salt_call
+from tests.support import REPO, salt_call
 from tests.system.conftest import LAB_CONFIG, PLAN
 
 pytestmark = pytest.mark.system
@@ -176,12 +178,6 @@ def test_bad_pillar_applies_nothing_and_names_the_key(lab, override, key):
 
 def test_a_rotated_secret_is_applied_and_logins_follow_it(lab):
     """Rotate the kamailio role's secret in the lab pillar: PostgreSQL and pgBouncer both take it."""
-    import secrets as token
-
-    import yaml
-
-    from tests.support import REPO
-
     path = REPO / ".lab" / "pillar" / "site" / "lab.sls"
     site = yaml.safe_load(path.read_text())
     old = site["secrets"]["postgres"]["kamailio"]
