@@ -21,14 +21,14 @@ __virtualname__ = "gopbx_pillar"
 # Which formulas each role runs, in order. Later work adds kamailio,
 # rtpengine, api, nginx, monitoring, keepalived and firewall here.
 ROLE_STATES = {
-    "coordinator": ["network", "postgres", "pgbouncer", "redis"],
-    "kamailio-standby": [],
+    "coordinator": ["network", "postgres", "pgbouncer", "redis", "rtpengine", "kamailio"],
+    "kamailio-standby": ["kamailio"],
     "pg-replica": [],
     "freeswitch": [],
 }
 
 # A formula's defaults.yaml lists the secrets it needs under 'required_secrets':
-# pillar keys under 'secrets:<formula>'.
+# 'name' is pillar key 'secrets:<formula>:name'; 'other:name' is 'secrets:other:name'.
 MIN_SECRET_LENGTH = 16
 
 
@@ -84,6 +84,50 @@ def _address(value):
         raise ValueError(f"must be an IP address, got {value!r}") from None
 
 
+def _version(value):
+    if not isinstance(value, str) or not value.replace(".", "").isdigit() or value.count(".") != 1:
+        raise ValueError(f"must be a quoted 'major.minor' version such as '5.8', got {value!r}")
+    return value
+
+
+def _port(value):
+    _positive_int(value)
+    if value > 65535:
+        raise ValueError(f"must be a port number (1-65535), got {value!r}")
+    return value
+
+
+def _port_range(value):
+    if not isinstance(value, list) or len(value) != 2:
+        raise ValueError(f"must be [first, last], got {value!r}")
+    first, last = (_port(port) for port in value)
+    if first >= last:
+        raise ValueError(f"must run from a lower to a higher port, got {value!r}")
+    return value
+
+
+def _dict_of(schema):
+    def check(value):
+        if not isinstance(value, dict):
+            raise ValueError(f"must be a mapping, got {value!r}")
+        for key, item_check in schema.items():
+            if key not in value:
+                raise ValueError(f"lacks '{key}'")
+            try:
+                item_check(value[key])
+            except ValueError as exc:
+                raise ValueError(f"'{key}' {exc}") from None
+        return value
+
+    return check
+
+
+def _text(value):
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a non-empty string, got {value!r}")
+    return value
+
+
 def _list_of(check):
     def check_list(value):
         if not isinstance(value, list):
@@ -117,6 +161,34 @@ SCHEMA = {
         "maxmemory_policy": _one_of(
             "allkeys-lru", "allkeys-lfu", "volatile-lru", "volatile-lfu", "noeviction"
         ),
+    },
+    "kamailio": {
+        "version": _version,
+        "repo": _boolean,
+        "sip_addresses": _list_of(_address),
+        "sip_port": _port,
+        "tls_port": _port,
+        "rpc_port": _port,
+        "shm_mb": _positive_int,
+        "pkg_mb": _positive_int,
+        "udp_workers": _positive_int,
+        "tcp_workers": _positive_int,
+        "pike": _dict_of({"sampling_seconds": _positive_int, "reqs_density": _positive_int,
+                          "ban_seconds": _positive_int}),
+        "dispatcher": _dict_of({"ping_seconds": _positive_int, "failed_probes": _positive_int,
+                                "ok_probes": _positive_int}),
+        "media_timeout_seconds": _positive_int,
+        "nat_ping_seconds": _positive_int,
+        "srtp": _boolean,
+    },
+    "rtpengine": {
+        "interface_address": _address,
+        "ng_port": _port,
+        "rtp_ports": _port_range,
+        "kernel_forwarding": _boolean,
+    },
+    "common": {
+        "syslog": _dict_of({"package": _text, "service": _text, "drop_in_dir": _text}),
     },
     "network": {},
 }
@@ -236,7 +308,7 @@ def network(pillar=None):
 def _check_secrets(formula, required, pillar):
     found = {}
     for name in required:
-        key = f"secrets:{formula}:{name}"
+        key = f"secrets:{name}" if ":" in name else f"secrets:{formula}:{name}"
         value = _lookup(pillar, key)
         if value is None or value == "":
             _fail(key, "is missing: a required secret (lab: made by the lab command; production: encrypted pillar)")
@@ -283,9 +355,12 @@ def settings(formula, defaults=None, pillar=None):
 
 
 def _check_relations(formula, merged, pillar):
-    """Checks that span keys: pgBouncer must not open more server connections than PostgreSQL allows."""
+    """Checks that span keys."""
+    if formula == "kamailio" and not merged["sip_addresses"]:
+        _fail("kamailio:sip_addresses", "must list at least one address for SIP to listen on")
     if formula != "pgbouncer":
         return
+    # pgBouncer must not open more server connections than PostgreSQL allows.
     pg_max = _lookup(pillar, "postgres:max_connections") or 100
     if merged["max_db_connections"] >= pg_max:
         _fail(
@@ -315,3 +390,20 @@ def states(pillar=None):
                 ordered.append(sls)
     network(pillar)
     return ordered
+
+
+def plain(key, default=None):
+    """
+    A pillar value, unmasked, for any key outside ``secrets`` (Salt 3008 masks
+    every value pillar.get prints; addresses and settings need not be hidden).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call gopbx_pillar.plain kamailio:sip_addresses
+    """
+    if key == "secrets" or key.startswith("secrets:"):
+        raise PillarError("secrets are not printed: use pillar.get, which masks them")
+    value = _lookup(_pillar(), key)
+    return default if value is None else value

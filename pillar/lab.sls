@@ -2,6 +2,12 @@
 # plan mapped to loopback (all of 127/8 is local, so nothing needs configuring).
 roles: [coordinator]
 region: lab
+common:
+  # Debian 12's rsyslog has no init script, and this container has no systemd.
+  syslog:
+    package: inetutils-syslogd
+    service: inetutils-syslogd
+    drop_in_dir: /etc/syslog.d
 network:
   internal:
     interface: lo
@@ -13,3 +19,20 @@ postgres:
   shared_buffers_mb: 256
   # A loopback connection to 127.28.0.x comes from 127.0.0.1.
   client_networks: [127.0.0.1/32]
+kamailio:
+  # Debian 12's own Kamailio: the kamailio.org repository is not reachable here.
+  version: '5.6'
+  repo: false
+  sip_addresses: [127.0.0.1]
+  tls_common_name: sip.lab.gopbx.invalid
+  # Fast media-node health checks, so failover shows within seconds.
+  dispatcher:
+    ping_seconds: 2
+    failed_probes: 1
+    ok_probes: 1
+  nat_ping_seconds: 5
+  srtp: true
+rtpengine:
+  interface_address: 127.0.0.1
+  # No kernel modules in a container: userspace forwarding.
+  kernel_forwarding: false

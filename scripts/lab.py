@@ -57,6 +57,10 @@ def minion_config():
         "pillar_roots": {"base": [str(REPO / "pillar"), str(LAB / "pillar")]},
         "pillar_safe_render_error": True,
         "state_verbose": False,
+        # systemctl is installed but systemd is not PID 1 here: without this Salt
+        # loads systemd_service in "offline" mode and every service state does
+        # nothing (see _modules/gopbx_initscripts.py).
+        "providers": {"service": "gopbx_initscripts"},
     }
     (config_dir / "minion").write_text(json.dumps(config, indent=2) + "\n")
     return config_dir
@@ -75,7 +79,7 @@ def apply(extra=()):
     ensure_secrets()
     started = time.monotonic()
     # top.sls and every map.jinja call the custom modules, so sync them first.
-    sync = salt_call(["saltutil.sync_all", "--out=quiet"], capture=True)
+    sync = salt_call(["saltutil.sync_all", "--out=json"], capture=True)
     if sync.returncode != 0:
         return sync.returncode, sync.stdout + sync.stderr, time.monotonic() - started
     proc = salt_call(["state.apply", "--out=json", "--retcode-passthrough", *extra], capture=True)
@@ -102,15 +106,36 @@ def listening(address, port):
         return sock.connect_ex((address, port)) == 0
 
 
+def ng_state(address, port):
+    """RTPEngine answers an ng ping over UDP."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(1)
+        cookie = secrets.token_hex(4)
+        try:
+            sock.sendto(f"{cookie} d7:command4:pinge".encode(), (address, port))
+            return "answering" if b"pong" in sock.recv(1024) else "DOWN"
+        except OSError:
+            return "DOWN"
+
+
 def status():
     """Print what runs where, from the lab's own pillar."""
     proc = salt_call(["gopbx_pillar.network", "--out=json"], capture=True)
     plan = json.loads(proc.stdout)["local"]["services"]
-    rows = [("PostgreSQL", "postgres", 5432), ("pgBouncer", "pgbouncer", 5432), ("Redis", "redis", 6379)]
-    print(f"{'service':<12} {'address':<22} state")
-    for label, key, port in rows:
-        state = "listening" if listening(plan[key], port) else "DOWN"
-        print(f"{label:<12} {plan[key] + ':' + str(port):<22} {state}")
+    sip = json.loads(salt_call(["gopbx_pillar.plain", "kamailio:sip_addresses", "--out=json"], capture=True).stdout)["local"]
+    rows = [
+        ("PostgreSQL", plan["postgres"], 5432, "tcp"),
+        ("pgBouncer", plan["pgbouncer"], 5432, "tcp"),
+        ("Redis", plan["redis"], 6379, "tcp"),
+        ("Kamailio", sip[0], 5060, "tcp"),
+        ("Kamailio", sip[0], 5061, "tls"),
+        ("Kamailio", plan["kamailio"], 8080, "rpc"),
+        ("RTPEngine", plan["rtpengine_ng"], 2223, "ng"),
+    ]
+    print(f"{'service':<12} {'address':<22} {'what':<5} state")
+    for label, address, port, what in rows:
+        state = ("listening" if listening(address, port) else "DOWN") if what != "ng" else ng_state(address, port)
+        print(f"{label:<12} {address + ':' + str(port):<22} {what:<5} {state}")
     print(f"secrets: {LAB / 'pillar' / 'site' / 'lab.sls'} (throwaway, git-ignored)")
 
 

@@ -41,6 +41,7 @@ def write_minion_config(directory, pillar_root, minion_id="lab-coord-1"):
         "file_ignore_regex": [r"/\.git($|/)", r"/\.venv($|/)", r"/\.lab($|/)", r"/tests($|/)"],
         "pillar_roots": {"base": [str(REPO / "pillar"), str(pillar_root)]},
         "pillar_safe_render_error": True,
+        "providers": {"service": "gopbx_initscripts"},
     }
     (directory / "minion").write_text(json.dumps(config))
     return directory

@@ -18,3 +18,9 @@ postgres:
   # The replica reaches the primary on the coordinator's public address (hostssl,
   # and pg_hba admits only the replica's address for replication).
   extra_listen_addresses: [149.28.188.104]
+kamailio:
+  # SIP on the floating IP, which Keepalived moves between Sydney and Melbourne.
+  sip_addresses: [103.43.75.51]
+  nonlocal_bind: true
+rtpengine:
+  interface_address: 149.28.188.104

@@ -1,4 +1,5 @@
-{#- What every GoPBX host has: its roles written down for the operator. #}
+{#- What every GoPBX host has: its roles written down, and a syslog daemon. #}
+{%- from 'common/map.jinja' import common with context %}
 {%- set roles = salt['gopbx_pillar.roles']() %}
 
 common-roles-file-managed:
@@ -11,3 +12,15 @@ common-roles-file-managed:
         {%- for role in roles %}
         {{ role }}
         {%- endfor %}
+
+# Services log through syslog; the daemon keeps readable files under /var/log.
+common-syslog-pkg-installed:
+  pkg.installed:
+    - name: {{ common.syslog.package }}
+
+common-syslog-service-running:
+  service.running:
+    - name: {{ common.syslog.service }}
+    - enable: True
+    - require:
+      - pkg: common-syslog-pkg-installed

@@ -156,3 +156,62 @@ def check_redis(conf, password):
         finally:
             process.terminate()
             process.wait(timeout=10)
+
+
+def _self_signed(directory):
+    result = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=check",
+                             "-days", "1", "-keyout", directory / "key.pem", "-out", directory / "cert.pem"],
+                            capture_output=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def check_kamailio(cfg, tls_cfg, tls_dir="/etc/kamailio/tls"):
+    """
+    `kamailio -c` on the rendered kamailio.cfg, with its rendered tls.cfg and a
+    throwaway certificate. This machine has Debian's Kamailio 5.6: a config for
+    5.8 is checked without its WITH_KAMAILIO_58 block, the only 5.8-only part.
+    """
+    cfg = cfg.replace("#!define WITH_KAMAILIO_58\n", "")
+    with tempfile.TemporaryDirectory(prefix="gopbx-check-") as tmp:
+        tmp = Path(tmp)
+        _self_signed(tmp)
+        (tmp / "tls.cfg").write_text(tls_cfg.replace(tls_dir, str(tmp)))
+        (tmp / "kamailio.cfg").write_text(cfg.replace("/etc/kamailio/tls.cfg", str(tmp / "tls.cfg")))
+        result = subprocess.run(["kamailio", "-c", "-f", str(tmp / "kamailio.cfg")], capture_output=True,
+                                text=True, check=False, timeout=60)
+        return result.returncode, result.stdout + result.stderr
+
+
+def ng_command(address, port, command, timeout=2):
+    """One RTPEngine ng command (bencoded over UDP); returns the raw reply."""
+    cookie = os.urandom(4).hex().encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(cookie + b" " + command, (address, port))
+        reply = sock.recv(65535)
+    assert reply.startswith(cookie + b" ")
+    return reply[len(cookie) + 1:]
+
+
+def check_rtpengine(conf):
+    """Start rtpengine on the rendered config, moved to loopback, and ping it over ng."""
+    with tempfile.TemporaryDirectory(prefix="gopbx-check-") as tmp:
+        path = Path(tmp) / "rtpengine.conf"
+        path.write_text(conf)
+        port = free_port()
+        process = subprocess.Popen(["rtpengine", "--config-file", str(path), "--foreground", "--log-stderr",
+                                    "--interface", "127.0.0.1", "--listen-ng", f"127.0.0.1:{port}",
+                                    "--listen-cli", f"127.0.0.1:{free_port()}", "--table", "-1",
+                                    "--pidfile", str(Path(tmp) / "pid")],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            for _ in range(50):
+                assert process.poll() is None, f"rtpengine refused the configuration: {process.stdout.read()}"
+                try:
+                    return ng_command("127.0.0.1", port, b"d7:command4:pinge", timeout=0.2)
+                except OSError:
+                    time.sleep(0.1)
+            raise AssertionError("rtpengine did not answer an ng ping")
+        finally:
+            process.terminate()
+            process.wait(timeout=10)

@@ -18,6 +18,7 @@ ROLE_OF = {
     "fs-syd-1": "freeswitch",
 }
 COORDINATORS = ["lab-coord-1", "coord-syd-1"]
+KAMAILIOS = ["lab-coord-1", "coord-syd-1", "kam-mel-1"]
 AU_REPLICA = "192.0.2.20"
 
 
@@ -85,9 +86,11 @@ def test_every_role_renders_its_formulas(lowstate, minion_id):
     formulas = {chunk["__sls__"] for chunk in chunks}
     expected = {"common"}
     if ROLE_OF[minion_id] == "coordinator":
-        expected |= {"postgres", "pgbouncer", "redis"}
+        expected |= {"postgres", "pgbouncer", "redis", "rtpengine", "kamailio"}
         # The lab's plan is on loopback: the network formula has nothing to do there.
         expected |= set() if minion_id.startswith("lab-") else {"network"}
+    if ROLE_OF[minion_id] == "kamailio-standby":
+        expected |= {"kamailio"}
     assert formulas == expected
     ids = [(chunk["state"], chunk["__id__"]) for chunk in chunks]
     assert len(ids) == len(set(ids))
@@ -183,3 +186,39 @@ def test_bad_pillar_fails_the_render_naming_the_key(env, override, key):
     assert code != 0
     assert isinstance(errors, list) and all(isinstance(error, str) for error in errors), errors
     assert f"pillar key '{key}'" in json.dumps(errors)
+
+
+@pytest.mark.parametrize("minion_id", KAMAILIOS)
+def test_kamailio_config_is_accepted_by_kamailio(rendered, minion_id):
+    files = rendered(minion_id)
+    code, output = checkers.check_kamailio(files["/etc/kamailio/kamailio.cfg"], files["/etc/kamailio/tls.cfg"])
+    assert code == 0 and "config file ok" in output, output
+    sip = "127.0.0.1" if minion_id.startswith("lab-") else "103.43.75.51"
+    rpc = "127.28.0.15" if minion_id.startswith("lab-") else "172.28.0.15"
+    for listener in (f"udp: {sip} [{sip}]:5060", f"tcp: {sip} [{sip}]:5060", f"tls: {sip} [{sip}]:5061",
+                     f"tcp: {rpc} [{rpc}]:8080"):
+        assert listener in output
+
+
+@pytest.mark.parametrize("minion_id", KAMAILIOS)
+def test_kamailio_reaches_the_database_through_pgbouncer(env, rendered, minion_id):
+    cfg = rendered(minion_id)["/etc/kamailio/kamailio.cfg"]
+    pgbouncer = "127.28.0.12" if minion_id.startswith("lab-") else "172.28.0.12"
+    assert f'#!define DBURL "postgres://kamailio:' in cfg and f"@{pgbouncer}:5432/gopbx" in cfg
+    assert _secrets(env, minion_id)["postgres"]["kamailio"] in cfg
+
+
+def test_kamailio_58_only_settings_are_guarded(rendered):
+    assert "#!define WITH_KAMAILIO_58\n" in rendered("coord-syd-1")["/etc/kamailio/kamailio.cfg"]
+    assert "#!define WITH_KAMAILIO_58" not in rendered("lab-coord-1")["/etc/kamailio/kamailio.cfg"]
+
+
+@pytest.mark.parametrize("minion_id", COORDINATORS)
+def test_rtpengine_config_is_accepted_by_rtpengine(rendered, minion_id):
+    conf = rendered(minion_id)["/etc/rtpengine/rtpengine.conf"]
+    lab = minion_id.startswith("lab-")
+    assert f"interface = {'127.0.0.1' if lab else '149.28.188.104'}" in conf
+    assert f"listen-ng = {'127.28.0.1' if lab else '172.28.0.1'}:2223" in conf
+    assert "port-min = 16384" in conf and "port-max = 32768" in conf
+    assert f"table = {-1 if lab else 0}" in conf
+    assert b"pong" in checkers.check_rtpengine(conf)

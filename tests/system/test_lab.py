@@ -31,8 +31,17 @@ def redis_cli(*args, password=None):
 
 def test_lab_up_reports_every_service_listening(lab):
     assert "0 failed" in lab["output"]
-    for line in ("PostgreSQL   127.28.0.10:5432", "pgBouncer    127.28.0.12:5432", "Redis        127.28.0.11:6379"):
-        assert f"{line}       listening" in lab["output"]
+    rows = {tuple(line.split()[:3]): line.split()[3] for line in lab["output"].splitlines()
+            if len(line.split()) == 4 and line.split()[2] in ("tcp", "tls", "rpc", "ng")}
+    assert rows == {
+        ("PostgreSQL", "127.28.0.10:5432", "tcp"): "listening",
+        ("pgBouncer", "127.28.0.12:5432", "tcp"): "listening",
+        ("Redis", "127.28.0.11:6379", "tcp"): "listening",
+        ("Kamailio", "127.0.0.1:5060", "tcp"): "listening",
+        ("Kamailio", "127.0.0.1:5061", "tls"): "listening",
+        ("Kamailio", "127.28.0.15:8080", "rpc"): "listening",
+        ("RTPEngine", "127.28.0.1:2223", "ng"): "answering",
+    }
 
 
 def test_second_apply_reports_zero_changes(lab):
@@ -189,3 +198,12 @@ def test_a_rotated_secret_is_applied_and_logins_follow_it(lab):
     connect(lab, "kamailio").close()
     with pytest.raises(psycopg2.OperationalError, match="authentication failed"):
         connect(lab, "kamailio", password=old)
+
+
+def test_a_stopped_service_is_started_by_the_next_apply(lab):
+    subprocess.run(["service", "redis-server", "stop"], capture_output=True, check=True)
+    assert redis_cli("PING", password=lab["secrets"]["redis"]["password"]) != "PONG"
+    _, result = salt_call(LAB_CONFIG, "state.apply")
+    started = [value for value in result.values() if value["__id__"] == "redis-server-service-running"][0]
+    assert started["result"] is True and started["changes"] == {"redis-server": True}
+    assert redis_cli("PING", password=lab["secrets"]["redis"]["password"]) == "PONG"

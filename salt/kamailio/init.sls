@@ -1,0 +1,127 @@
+{#- Kamailio, the SIP edge: the same configuration on the Sydney coordinator and
+    the Melbourne standby. Kamailio 5.8 from kamailio.org on production,
+    Debian 12's 5.6 in the lab. #}
+{%- from 'kamailio/map.jinja' import kamailio with context %}
+{%- from 'common/map.jinja' import common with context %}
+
+include:
+  - common
+
+{%- if kamailio.repo %}
+{%- set repo_url = 'http://deb.kamailio.org/kamailio' ~ kamailio.version | replace('.', '') %}
+kamailio-repo-managed:
+  pkgrepo.managed:
+    - name: deb [signed-by=/usr/share/keyrings/kamailio.asc] {{ repo_url }} {{ grains.oscodename }} main
+    - file: /etc/apt/sources.list.d/kamailio.list
+    - key_url: https://deb.kamailio.org/kamailiodebkey.gpg
+    - aptkey: False
+    - require_in:
+      - pkg: kamailio-pkg-installed
+{%- endif %}
+
+kamailio-pkg-installed:
+  pkg.installed:
+    - pkgs:
+      - kamailio
+      - kamailio-postgres-modules
+      - kamailio-tls-modules
+      - kamailio-redis-modules
+      - kamailio-xml-modules
+      - openssl
+
+{%- if kamailio.nonlocal_bind %}
+kamailio-nonlocal-bind-sysctl-present:
+  sysctl.present:
+    - name: net.ipv4.ip_nonlocal_bind
+    - value: 1
+    - require_in:
+      - service: kamailio-service-running
+{%- endif %}
+
+kamailio-tls-dir-managed:
+  file.directory:
+    - name: {{ kamailio.tls_dir }}
+    - user: root
+    - group: kamailio
+    - mode: '0750'
+    - require:
+      - pkg: kamailio-pkg-installed
+
+{%- if not kamailio.tls_certificate %}
+kamailio-tls-self-signed-created:
+  cmd.run:
+    - name: >-
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650
+        -subj '/CN={{ kamailio.tls_common_name }}'
+        -keyout {{ kamailio.tls_dir }}/key.pem -out {{ kamailio.tls_dir }}/cert.pem
+        && chgrp kamailio {{ kamailio.tls_dir }}/key.pem && chmod 0640 {{ kamailio.tls_dir }}/key.pem
+    - creates: {{ kamailio.tls_dir }}/cert.pem
+    - require:
+      - file: kamailio-tls-dir-managed
+{%- endif %}
+
+kamailio-tls-config-managed:
+  file.managed:
+    - name: /etc/kamailio/tls.cfg
+    - source: salt://kamailio/files/tls.cfg.jinja
+    - template: jinja
+    - context:
+        kamailio: {{ kamailio | json }}
+    - mode: '0644'
+    - require:
+      - pkg: kamailio-pkg-installed
+
+kamailio-defaults-managed:
+  file.managed:
+    - name: /etc/default/kamailio
+    - mode: '0644'
+    - contents: |
+        # Managed by Salt (kamailio formula): read by the init script and the systemd unit.
+        RUN_KAMAILIO=yes
+        USER=kamailio
+        GROUP=kamailio
+        SHM_MEMORY={{ kamailio.shm_mb }}
+        PKG_MEMORY={{ kamailio.pkg_mb }}
+        CFGFILE=/etc/kamailio/kamailio.cfg
+    - require:
+      - pkg: kamailio-pkg-installed
+
+kamailio-config-managed:
+  file.managed:
+    - name: /etc/kamailio/kamailio.cfg
+    - source: salt://kamailio/files/kamailio.cfg.jinja
+    - template: jinja
+    - context:
+        kamailio: {{ kamailio | json }}
+    - user: root
+    - group: kamailio
+    - mode: '0640'
+    - show_changes: False
+    # A configuration Kamailio rejects never replaces the running one.
+    - check_cmd: /usr/sbin/kamailio -c -f
+    - require:
+      - file: kamailio-tls-config-managed
+
+kamailio-log-config-managed:
+  file.managed:
+    - name: {{ common.syslog.drop_in_dir }}/20-kamailio.conf
+    - mode: '0644'
+    - contents: |
+        # Managed by Salt (kamailio formula): Kamailio logs to facility local0.
+        local0.*  -/var/log/kamailio.log
+    - require:
+      - pkg: common-syslog-pkg-installed
+    - watch_in:
+      - service: common-syslog-service-running
+
+kamailio-service-running:
+  service.running:
+    - name: kamailio
+    - enable: True
+    - watch:
+      - file: kamailio-config-managed
+      - file: kamailio-tls-config-managed
+      - file: kamailio-defaults-managed
+{%- if not kamailio.tls_certificate %}
+      - cmd: kamailio-tls-self-signed-created
+{%- endif %}
