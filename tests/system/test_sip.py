@@ -1,0 +1,313 @@
+"""
+The SIP edge of the lab, with SIPp against the real Kamailio, RTPEngine,
+PostgreSQL (through pgBouncer) and Redis. Media nodes are SIPp stand-ins.
+"""
+
+import re
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from tests.system import sip, sipclient
+
+pytestmark = pytest.mark.system
+
+A = "a" + sip.TEST_DOMAIN_SUFFIX  # tenant A: two media nodes, at most 2 calls
+B = "b" + sip.TEST_DOMAIN_SUFFIX  # tenant B: one media node
+C = "c" + sip.TEST_DOMAIN_SUFFIX  # tenant C: disabled
+D = "d" + sip.TEST_DOMAIN_SUFFIX  # tenant D: at most 1 call per second
+PASSWORD = "Correct-Horse-42"
+A_NODES = ["127.28.2.1:5080", "127.28.2.2:5080"]
+B_NODE = "127.28.2.3:5080"
+# A media node address with no stand-in behind it: the source of calls to devices.
+QUIET_NODE = "127.28.2.9:5080"
+# A device's SIP stack: a SIPp UAS that answers calls and OPTIONS pings.
+CALLEE = sip.REPO / "tests" / "system" / "scenarios" / "callee.xml"
+
+
+def kamailio_log():
+    with open("/var/log/kamailio.log", errors="replace") as handle:
+        return handle.read()
+
+
+@pytest.fixture(scope="module")
+def media(lab):
+    with sip.standins(*A_NODES, B_NODE) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def tenants(lab, media):
+    secrets = lab["secrets"]
+    sip.remove_test_tenants(secrets)
+    sip.add_dispatcher_set(secrets, 101, A_NODES)
+    sip.add_dispatcher_set(secrets, 102, [B_NODE])
+    sip.add_dispatcher_set(secrets, 103, [QUIET_NODE])
+    sip.add_tenant(secrets, A, 101, max_calls=2, calls_per_second=50)
+    sip.add_tenant(secrets, B, 102, max_calls=5, calls_per_second=50)
+    sip.add_tenant(secrets, C, 102, max_calls=5, calls_per_second=50, enabled=False)
+    sip.add_tenant(secrets, D, 102, max_calls=5, calls_per_second=1)
+    for domain, numbers in ((A, ["1001", "1002", "1003"]), (B, ["2001"]), (C, ["3001"]), (D, ["4001"])):
+        for number in numbers:
+            sip.add_extension(secrets, domain, number, PASSWORD)
+    sip.reload_kamailio()
+    sip.end_test_dialogs()
+    yield secrets
+    sip.remove_test_tenants(secrets)
+    sip.reload_kamailio()
+
+
+def register(local_ip, domain, user, password, final="200", contact=None, port=5060):
+    contact = contact or f"{local_ip}:{port}"
+    return sip.sipp(sip.register_scenario(final), local_ip, {"tenant": domain, "user": user, "contact_host": contact},
+                    auth=(user, password), port=port)
+
+
+def call(local_ip, domain, user, callee, password=PASSWORD, **scenario):
+    keys = {"tenant": domain, "user": user, "service": callee}
+    return sip.sipp(sip.call_scenario(**scenario), local_ip, keys, auth=(user, password))
+
+
+# --- registration and tenancy ---
+
+
+def test_register_with_the_right_password(tenants):
+    code, log, errors = register("127.0.0.11", A, "1001", PASSWORD)
+    assert code == 0, errors
+    assert "SIP/2.0 200 OK" in log
+
+
+def test_register_with_a_wrong_password_is_challenged_again(tenants):
+    code, log, errors = register("127.0.0.12", A, "1001", "wrong-password", final="401")
+    assert code == 0, errors
+    assert "SIP/2.0 200 OK" not in log
+
+
+def test_register_to_an_unknown_domain_is_forbidden(tenants):
+    code, log, errors = register("127.0.0.13", "nobody" + sip.TEST_DOMAIN_SUFFIX, "1001", PASSWORD, final="403")
+    assert code == 0, errors
+    assert "403 Unknown Domain" in log
+
+
+def test_register_to_a_disabled_tenant_is_forbidden(tenants):
+    code, log, errors = register("127.0.0.14", C, "3001", PASSWORD, final="403")
+    assert code == 0, errors
+    assert "403 Tenant Disabled" in log
+
+
+def test_a_user_of_one_tenant_cannot_register_as_another(tenants):
+    # 1001 exists in A only; B's realm has no such account, whatever the password.
+    code, log, errors = register("127.0.0.15", B, "1001", PASSWORD, final="401")
+    assert code == 0, errors
+    assert "SIP/2.0 200 OK" not in log
+
+
+def test_registrations_are_kept_in_postgresql(tenants):
+    assert register("127.0.0.16", A, "1003", PASSWORD)[0] == 0
+    with sip.db(tenants, "gopbx_api") as conn, conn.cursor() as cur:
+        cur.execute("SELECT contact FROM location WHERE username = '1003' AND domain = %s", (A,))
+        assert cur.fetchall() == [("sip:1003@127.0.0.16:5060",)]
+
+
+def test_register_over_tls(tenants):
+    response = sipclient.register_tls(sip.KAMAILIO_TLS, A, "1002", PASSWORD, local_ip="127.0.0.17")
+    assert response.startswith("SIP/2.0 200"), response
+
+
+# --- calls to media nodes ---
+
+
+def test_a_call_reaches_the_tenants_media_node_with_its_limit_and_no_spoofed_header(tenants, media):
+    before = sum(len(node.received("INVITE")) for node in media.values())
+    code, log, errors = call("127.0.0.21", A, "1001", "500", hold_ms=500)
+    assert code == 0, errors
+    invites = [invite for address in A_NODES for invite in media[address].received("INVITE")]
+    assert sum(len(node.received("INVITE")) for node in media.values()) == before + 1
+    invite = invites[-1]
+    assert re.search(r"^X-GoPBX-MaxCalls: 2\s*$", invite, re.M), invite
+    assert re.search(rf"^X-GoPBX-Tenant: {re.escape(A)}\s*$", invite, re.M)
+    assert "999" not in invite and "spoofed.invalid" not in invite
+
+
+def test_rtp_is_relayed_through_rtpengine(tenants, media):
+    before = sip.rtpengine_relayed_packets()
+    code, log, errors = call("127.0.0.22", A, "1001", "500", hold_ms=2500, rtp=True)
+    assert code == 0, errors
+    relayed = sip.rtpengine_relayed_packets() - before
+    # The pcap's RTP to the stand-in, and the stand-in's echo back, both through RTPEngine.
+    assert relayed > 100, relayed
+    assert "c=IN IP4 127.0.0.1" in log  # the answer's media address is RTPEngine's
+
+
+def test_the_call_over_the_tenants_limit_is_refused_and_not_forwarded(tenants, media):
+    procs = []
+    for index in range(2):
+        procs.append(_background_call(f"127.0.0.{31 + index}", A, "1001", hold_ms=6000))
+    try:
+        assert sip.wait_for(lambda: sip.rpc("dlg.stats_active")["all"] >= 2, timeout=10)
+        invites_before = sum(len(media[address].received("INVITE")) for address in A_NODES)
+        code, log, errors = call("127.0.0.33", A, "1001", "500", answered=False, rejected=["403"])
+        assert code == 0, errors
+        assert "403 Tenant Call Limit Reached" in log
+        assert 'Reason: SIP;cause=403;text="tenant concurrent call limit"' in log
+        assert sum(len(media[address].received("INVITE")) for address in A_NODES) == invites_before
+        # Another tenant is not held back by A's limit.
+        assert call("127.0.0.34", B, "2001", "500", hold_ms=200)[0] == 0
+    finally:
+        for proc in procs:
+            proc.wait(timeout=30)
+    # Once the held calls end, A may call again.
+    assert call("127.0.0.35", A, "1001", "500", hold_ms=200)[0] == 0
+
+
+def _background_call(local_ip, domain, user, hold_ms):
+    directory = tempfile.mkdtemp(prefix="gopbx-sipp-")
+    path = f"{directory}/scenario.xml"
+    with open(path, "w") as handle:
+        handle.write(sip.call_scenario(hold_ms=hold_ms))
+    return subprocess.Popen(["sipp", "127.0.0.1:5060", "-sf", path, "-i", local_ip, "-m", "1", "-nostdin",
+                             "-timeout", "30s", "-au", user, "-ap", PASSWORD, "-key", "tenant", domain,
+                             "-key", "user", user, "-s", "500"], cwd=directory,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_calls_per_second_are_limited_per_tenant(tenants, media):
+    code, log, errors = sip.sipp(sip.call_scenario(rejected=["503"], hold_ms=100), "127.0.0.41",
+                                 {"tenant": D, "user": "4001", "service": "500"}, calls=4, rate=20, limit=4,
+                                 auth=("4001", PASSWORD))
+    assert code == 0, errors
+    assert log.count("503 Tenant Call Rate Exceeded") >= 2
+    assert "Retry-After: 1" in log
+
+
+def test_a_call_to_another_tenant_is_refused(tenants, media):
+    # 1001 of tenant A calls 2001 of tenant B.
+    scenario = sip.call_scenario(answered=False, rejected=["403"]).replace("INVITE sip:[service]@[tenant]",
+                                                                            "INVITE sip:[service]@" + B)
+    scenario = scenario.replace("To: <sip:[service]@[tenant]>", "To: <sip:[service]@" + B + ">")
+    code, log, errors = sip.sipp(scenario, "127.0.0.42", {"tenant": A, "user": "1001", "service": "2001"},
+                                 auth=("1001", PASSWORD))
+    assert code == 0, errors
+    assert "403 Cross-Tenant Requests Not Allowed" in log
+
+
+def test_with_one_media_node_down_calls_go_to_the_other(tenants, media):
+    down, up = media[A_NODES[0]], media[A_NODES[1]]
+    down.stop()
+    try:
+        before = len(up.received("INVITE"))
+        for index in range(3):
+            code, log, errors = call(f"127.0.0.{51 + index}", A, "1001", "500", hold_ms=100)
+            assert code == 0, errors
+        assert len(up.received("INVITE")) == before + 3
+        # Dispatcher's probing has marked the dead node inactive.
+        listing = sip.rpc("dispatcher.list")
+        states = {dest["DEST"]["URI"]: dest["DEST"]["FLAGS"] for dset in listing["RECORDS"]
+                  for dest in dset["SET"]["TARGETS"]} if "RECORDS" in listing else {}
+        assert states.get(f"sip:{A_NODES[0]}", "").startswith("I"), states
+    finally:
+        media[A_NODES[0]] = sip.standin(A_NODES[0])
+
+
+# --- calls to devices ---
+
+
+def test_a_media_node_rings_a_registered_device(tenants, media):
+    callee = sip.SippProcess(CALLEE, "127.0.0.61", 5090)
+    try:
+        assert register("127.0.0.61", A, "1002", PASSWORD, contact="127.0.0.61:5090")[0] == 0
+        ip, port = QUIET_NODE.split(":")
+        code, log, errors = sip.sipp(sip.call_scenario(authenticate=False, hold_ms=200), ip,
+                                     {"tenant": A, "user": "media", "service": "1002"}, port=int(port))
+        assert code == 0, errors
+        assert len(callee.received("INVITE")) == 1
+    finally:
+        callee.stop()
+
+
+def test_the_same_call_from_any_other_address_is_challenged(tenants, media):
+    code, log, errors = sip.sipp(sip.call_scenario(authenticate=False, answered=False, rejected=["407"]),
+                                 "127.0.0.62", {"tenant": A, "user": "media", "service": "1002"})
+    assert code == 0, errors
+    assert "407 Proxy Authentication Required" in log
+
+
+def test_a_call_to_an_unregistered_device_is_480(tenants, media):
+    ip, port = QUIET_NODE.split(":")
+    code, log, errors = sip.sipp(sip.call_scenario(authenticate=False, answered=False, rejected=["480"]), ip,
+                                 {"tenant": A, "user": "media", "service": "1001-nobody"}, port=int(port))
+    assert code == 0, errors
+    assert "480 Temporarily Unavailable" in log
+
+
+def test_a_device_behind_nat_is_reached_at_its_public_address(tenants, media):
+    # The device says it is at a private address; Kamailio must use where the
+    # REGISTER came from (127.0.0.63:5062, its "public" NAT binding).
+    assert register("127.0.0.63", A, "1003", PASSWORD, contact="192.168.1.23:5060", port=5062)[0] == 0
+    callee = sip.SippProcess(CALLEE, "127.0.0.63", 5062)
+    try:
+        ip, port = QUIET_NODE.split(":")
+        code, log, errors = sip.sipp(sip.call_scenario(authenticate=False, hold_ms=200), ip,
+                                     {"tenant": A, "user": "media", "service": "1003"}, port=int(port))
+        assert code == 0, errors
+        assert len(callee.received("INVITE")) == 1
+        # Kamailio keeps the device's NAT binding alive with OPTIONS pings.
+        assert sip.wait_for(lambda: callee.received("OPTIONS"), timeout=15)
+    finally:
+        callee.stop()
+
+
+# --- protection ---
+
+
+def test_a_flooding_source_is_banned_while_others_still_register(tenants):
+    flood = sip._scenario("flood", ["""
+  <send><![CDATA[
+      OPTIONS sip:flood@[tenant] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:flood@[tenant]>;tag=[call_number]
+      To: <sip:flood@[tenant]>
+      Call-ID: [call_id]
+      CSeq: 1 OPTIONS
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]></send>"""])
+    sip.sipp(flood, "127.0.0.71", {"tenant": A}, calls=600, rate=300, timeout=20)
+    # The flooder gets no answer at all now ...
+    code, log, errors = register("127.0.0.71", A, "1001", PASSWORD)
+    assert code != 0 and not re.search(r"^SIP/2.0 \d{3}", log, re.M)
+    # ... while another source registers.
+    assert register("127.0.0.72", A, "1001", PASSWORD)[0] == 0
+    assert sip.wait_for(lambda: "pike bans 127.0.0.71" in kamailio_log(), timeout=5)
+
+
+def test_malformed_requests_do_not_crash_kamailio(tenants):
+    pids = set(subprocess.run(["pgrep", "-x", "kamailio"], capture_output=True, text=True).stdout.split())
+    sent = sipclient.send_malformed(sip.KAMAILIO, local_ips=[f"127.0.0.{80 + i}" for i in range(10)])
+    assert sent >= 100
+    time.sleep(1)
+    assert set(subprocess.run(["pgrep", "-x", "kamailio"], capture_output=True, text=True).stdout.split()) == pids
+    assert sipclient.options(sip.KAMAILIO, local_ip="127.0.0.79").startswith("SIP/2.0 200 Keepalive")
+    assert register("127.0.0.78", A, "1001", PASSWORD)[0] == 0
+
+
+def test_calls_flow_when_redis_is_down_and_that_is_logged(tenants, media):
+    subprocess.run(["service", "redis-server", "stop"], capture_output=True, check=True)
+    try:
+        code, log, errors = call("127.0.0.91", B, "2001", "500", hold_ms=100)
+        assert code == 0, errors
+        assert sip.wait_for(lambda: f"Redis unavailable, call rate of {B} not limited"
+                            in kamailio_log(), timeout=5)
+    finally:
+        subprocess.run(["service", "redis-server", "start"], capture_output=True, check=True)
+
+
+def test_rpc_is_on_the_internal_address_only(lab):
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        assert sock.connect_ex(("127.0.0.1", 8080)) != 0
+    assert sip.rpc("core.version").startswith("kamailio")
