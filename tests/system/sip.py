@@ -62,6 +62,8 @@ def remove_test_tenants(secrets):
         cur.execute("DELETE FROM domain_attrs WHERE did LIKE %s", (pattern,))
         cur.execute("DELETE FROM domain WHERE domain LIKE %s", (pattern,))
         cur.execute("DELETE FROM gopbx.tenants WHERE domain LIKE %s", (pattern,))
+    with db(secrets, "kamailio") as kamailio, kamailio.cursor() as cur:
+        cur.execute("DELETE FROM location WHERE domain LIKE %s", (pattern,))
     with db(secrets, "gopbx_salt") as salt, salt.cursor() as cur:
         cur.execute("DELETE FROM dispatcher WHERE description LIKE 'systest%%'")
         cur.execute("DELETE FROM gopbx.dispatcher_sets WHERE description LIKE 'systest%%'")
