@@ -235,3 +235,47 @@ def migrate(dbname, directory):
             dbname,
         )
     return pending
+
+
+def dispatcher_set(setid):
+    """
+    A dispatcher set as stored: {'description': ..., 'destinations': [...]} or None.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call gopbx_db.dispatcher_set 1
+    """
+    setid = int(setid)
+    found = psql(f"SELECT description FROM gopbx.dispatcher_sets WHERE setid = {setid}", "gopbx")
+    if not found:
+        return None
+    rows = psql(f"SELECT destination FROM dispatcher WHERE setid = {setid} ORDER BY destination", "gopbx")
+    return {"description": found[0][0], "destinations": [row[0] for row in rows]}
+
+
+def set_dispatcher_set(setid, destinations, description, region):
+    """
+    Make dispatcher set ``setid`` hold exactly ``destinations`` (SIP URIs), in one transaction.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call gopbx_db.set_dispatcher_set 1 '["sip:127.28.1.1:5080"]' 'lab stand-ins' lab
+    """
+    setid = int(setid)
+    values = ", ".join(f"({setid}, {_literal(uri)}, 0, 0, {_literal(description)})" for uri in destinations)
+    psql(
+        "BEGIN;\n"
+        f"INSERT INTO gopbx.dispatcher_sets (setid, region, description) VALUES "
+        f"({setid}, {_literal(region)}, {_literal(description)}) "
+        "ON CONFLICT (setid) DO UPDATE SET region = EXCLUDED.region, description = EXCLUDED.description;\n"
+        f"DELETE FROM dispatcher WHERE setid = {setid};\n"
+        + (f"INSERT INTO dispatcher (setid, destination, flags, priority, description) VALUES {values};\n"
+           if destinations else "")
+        + "COMMIT;\n",
+        "gopbx",
+    )
+    return True

@@ -22,7 +22,7 @@ __virtualname__ = "gopbx_initscripts"
 
 DELEGATED = (
     "available", "missing", "get_all", "get_enabled", "get_disabled", "status", "start", "stop",
-    "restart", "reload", "force_reload", "enable", "disable", "enabled", "disabled",
+    "restart", "reload", "force_reload", "disable", "enabled", "disabled",
 )
 
 
@@ -49,6 +49,23 @@ def offline():
         salt-call gopbx_initscripts.offline
     """
     return False
+
+
+def enable(name, **kwargs):  # pylint: disable=unused-argument
+    """
+    Enable the service at boot with update-rc.d alone (debian_service runs
+    insserv first, which Debian 12 no longer ships).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call gopbx_initscripts.enable gopbx-media-standin
+    """
+    run = __salt__["cmd.retcode"]  # noqa: F821
+    return run(["update-rc.d", name, "defaults"], python_shell=False) == 0 and run(
+        ["update-rc.d", name, "enable"], python_shell=False
+    ) == 0
 
 
 def _delegate(name):

@@ -25,6 +25,8 @@ ROLE_STATES = {
     "kamailio-standby": ["kamailio"],
     "pg-replica": [],
     "freeswitch": [],
+    # Lab only: SIPp stand-ins in place of FreeSWITCH media nodes (no Debian 12 package).
+    "media-standin": ["media_standin"],
 }
 
 # A formula's defaults.yaml lists the secrets it needs under 'required_secrets':
@@ -186,6 +188,10 @@ SCHEMA = {
         "ng_port": _port,
         "rtp_ports": _port_range,
         "kernel_forwarding": _boolean,
+    },
+    "media_standin": {
+        "setid": _positive_int,
+        "addresses": _list_of(_text),
     },
     "common": {
         "syslog": _dict_of({"package": _text, "service": _text, "drop_in_dir": _text}),

@@ -95,3 +95,24 @@ def migrated(name, directory):
         return _result(name, None, f"{len(pending)} migration(s) would be applied", {"pending": pending})
     applied = __salt__["gopbx_db.migrate"](name, directory)  # noqa: F821
     return _result(name, comment=f"Applied {len(applied)} migration(s)", changes={"applied": applied})
+
+
+def dispatcher_set(name, destinations, description, region):
+    """
+    Dispatcher set ``name`` (its set id) holds exactly ``destinations`` (SIP URIs).
+    Kamailio must be told to reload its dispatcher when this changes.
+    """
+    wanted = {"description": description, "destinations": sorted(destinations)}
+    try:
+        current = __salt__["gopbx_db.dispatcher_set"](name)  # noqa: F821
+    except CommandExecutionError as exc:
+        if not __opts__["test"]:  # noqa: F821
+            raise
+        return _result(name, None, f"Dispatcher set {name} would be written ({exc})", {"new": wanted})
+    if current == wanted:
+        return _result(name, comment=f"Dispatcher set {name} is as it should be")
+    changes = {"old": current, "new": wanted}
+    if __opts__["test"]:  # noqa: F821
+        return _result(name, None, f"Dispatcher set {name} would be written", changes)
+    __salt__["gopbx_db.set_dispatcher_set"](name, wanted["destinations"], description, region)  # noqa: F821
+    return _result(name, comment=f"Dispatcher set {name} written", changes=changes)

@@ -1,6 +1,6 @@
 # The single-host lab: every coordinator service on this machine, on the seed's
 # plan mapped to loopback (all of 127/8 is local, so nothing needs configuring).
-roles: [coordinator]
+roles: [coordinator, media-standin]
 region: lab
 common:
   # Debian 12's rsyslog has no init script, and this container has no systemd.
@@ -36,3 +36,7 @@ rtpengine:
   interface_address: 127.0.0.1
   # No kernel modules in a container: userspace forwarding.
   kernel_forwarding: false
+media_standin:
+  # Lab tenants use dispatcher set 1: two SIPp stand-ins for FreeSWITCH nodes.
+  setid: 1
+  addresses: ['127.28.1.1:5080', '127.28.1.2:5080']

@@ -311,3 +311,10 @@ def test_rpc_is_on_the_internal_address_only(lab):
         sock.settimeout(2)
         assert sock.connect_ex(("127.0.0.1", 8080)) != 0
     assert sip.rpc("core.version").startswith("kamailio")
+
+
+def test_the_labs_media_standins_are_its_dispatcher_set(lab):
+    listing = sip.rpc("dispatcher.list")
+    lab_set = [dset["SET"] for dset in listing["RECORDS"] if dset["SET"]["ID"] == 1][0]
+    targets = {target["DEST"]["URI"]: target["DEST"]["FLAGS"] for target in lab_set["TARGETS"]}
+    assert targets == {"sip:127.28.1.1:5080": "AP", "sip:127.28.1.2:5080": "AP"}

@@ -10,8 +10,13 @@ initscripts = load_module("_modules", "gopbx_initscripts")
 
 
 @pytest.fixture
-def configure_loader_modules():
-    return {initscripts: {"__opts__": {}, "__salt__": {}, "__context__": {}}}
+def retcode():
+    return MagicMock(return_value=0)
+
+
+@pytest.fixture
+def configure_loader_modules(retcode):
+    return {initscripts: {"__opts__": {}, "__salt__": {"cmd.retcode": retcode}, "__context__": {}}}
 
 
 def test_never_offline():
@@ -27,3 +32,14 @@ def test_every_state_used_function_goes_to_debian_service():
     # Loaded once, then kept in the loader's context.
     raw_mod.assert_called_once()
     assert raw_mod.call_args.args[1] == "debian_service"
+
+
+def test_enable_uses_update_rc_d_without_insserv(retcode):
+    assert initscripts.enable("gopbx-media-standin") is True
+    assert [call.args[0] for call in retcode.call_args_list] == [
+        ["update-rc.d", "gopbx-media-standin", "defaults"], ["update-rc.d", "gopbx-media-standin", "enable"]]
+
+
+def test_enable_reports_failure(retcode):
+    retcode.return_value = 1
+    assert initscripts.enable("missing-service") is False
