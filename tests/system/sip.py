@@ -149,18 +149,21 @@ def _bdecode(data, index=0):
     return data[colon + 1:colon + 1 + length], colon + 1 + length
 
 
-def rtpengine_relayed_packets():
+def rtpengine_relayed_packets(ng=RTPENGINE_NG):
     """RTPEngine's own count of relayed packets (ng 'statistics')."""
     cookie = os.urandom(4).hex().encode()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(3)
-        sock.sendto(cookie + b" d7:command10:statisticse", RTPENGINE_NG)
+        sock.sendto(cookie + b" d7:command10:statisticse", ng)
         reply = sock.recv(65535)
     stats, _ = _bdecode(reply[len(cookie) + 1:])
     return stats["statistics"]["totalstatistics"]["relayedpackets"]
 
 
 # --- SIPp ---
+
+# A line of its own only when there are credentials: a blank line would end the headers.
+AUTH_LINE = "\n      [authentication]"
 
 REGISTER = """
   <send retrans="500"><![CDATA[
@@ -172,8 +175,7 @@ REGISTER = """
       CSeq: {cseq} REGISTER
       Contact: <sip:[user]@[contact_host]>
       Max-Forwards: 70
-      Expires: 600
-      {auth}
+      Expires: 600{auth}
       Content-Length: 0
 
     ]]></send>
@@ -183,10 +185,11 @@ REGISTER = """
 def register_scenario(final):
     """REGISTER, answer the challenge with -au/-ap, expect ``final`` ('200', '401' again, or '403' at once)."""
     steps = [REGISTER.format(cseq=1, auth="")]
+    authenticated = REGISTER.format(cseq=2, auth=AUTH_LINE)
     if final == "403":
         steps.append('<recv response="403"/>')
     else:
-        steps += ['<recv response="401" auth="true"/>', REGISTER.format(cseq=2, auth="[authentication]"),
+        steps += ['<recv response="401" auth="true"/>', authenticated,
                   f'<recv response="{final}"/>']
     return _scenario("register", steps)
 
@@ -202,8 +205,7 @@ INVITE = """
       Contact: <sip:[user]@[local_ip]:[local_port]>
       Max-Forwards: 70
       X-GoPBX-MaxCalls: 999
-      x-gopbx-tenant: spoofed.invalid
-      {auth}
+      x-gopbx-tenant: spoofed.invalid{auth}
       Content-Type: application/sdp
       Content-Length: [len]
 
@@ -276,7 +278,7 @@ def call_scenario(answered=True, rejected=(), authenticate=True, hold_ms=1000, r
     cseq = 1
     if authenticate:
         steps += ['<recv response="100" optional="true"/>', '<recv response="407" auth="true"/>',
-                  ACK_NEGATIVE.format(cseq=1), INVITE.format(cseq=2, auth="[authentication]")]
+                  ACK_NEGATIVE.format(cseq=1), INVITE.format(cseq=2, auth=AUTH_LINE)]
         cseq = 2
     steps += ['<recv response="100" optional="true"/>', '<recv response="180" optional="true"/>',
               '<recv response="183" optional="true"/>']
