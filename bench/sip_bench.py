@@ -228,9 +228,16 @@ def measure_call_setups(csv, name):
 
 
 def wait_until_media_active(name):
-    """Both stand-ins active again (GoPBX's dispatcher marks a node it saw fail as inactive)."""
+    """
+    Both stand-ins active again (GoPBX's dispatcher marks a node it saw fail as
+    inactive), and Kamailio using RTPEngine again (it stops for a while after ng
+    timeouts, and calls then pass without anchoring).
+    """
     if name != "gopbx":
         return
+    if not sip.wait_for(lambda: all(not entry["disabled"] for entry in sip.rpc("rtpengine.show", "all")),
+                        timeout=30):
+        raise SystemExit("Kamailio did not take RTPEngine back")
     def active():
         records = sip.rpc("dispatcher.list")["RECORDS"]
         flags = [target["DEST"]["FLAGS"] for record in records if record["SET"]["ID"] == SETID
