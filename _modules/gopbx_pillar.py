@@ -188,6 +188,7 @@ SCHEMA = {
         "ng_port": _port,
         "rtp_ports": _port_range,
         "kernel_forwarding": _boolean,
+        "delete_delay_seconds": _non_negative_int,
     },
     "media_standin": {
         "setid": _positive_int,

@@ -255,6 +255,9 @@ def measure_concurrency(csv, ng, name):
     best = 0
     for level in CONCURRENCY_LEVELS:
         wait_until_media_active(name)
+        # Start with every RTP port free: earlier calls hold theirs for the delete delay.
+        if not sip.wait_for(lambda: sip.rtpengine_sessions(ng) == 0, timeout=120, interval=1):
+            raise SystemExit("RTPEngine kept sessions for two minutes")
         before = _relayed(ng)
         ok, failed = _sipp(scenario, csv, "127.0.7.1", CALLERS[0], calls=level, rate=50, limit=level,
                            extra=["-mp", "20000"], timeout=120)

@@ -222,5 +222,5 @@ def test_rtpengine_config_is_accepted_by_rtpengine(rendered, minion_id):
     assert f"interface = {'127.0.0.1' if lab else '149.28.188.104'}" in conf
     assert f"listen-ng = {'127.28.0.1' if lab else '172.28.0.1'}:2223" in conf
     assert "port-min = 16384" in conf and "port-max = 32768" in conf
-    assert f"table = {-1 if lab else 0}" in conf
+    assert f"table = {-1 if lab else 0}" in conf and "delete-delay = 5" in conf
     assert b"pong" in checkers.check_rtpengine(conf)

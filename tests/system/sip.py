@@ -149,15 +149,25 @@ def _bdecode(data, index=0):
     return data[colon + 1:colon + 1 + length], colon + 1 + length
 
 
-def rtpengine_relayed_packets(ng=RTPENGINE_NG):
-    """RTPEngine's own count of relayed packets (ng 'statistics')."""
+def rtpengine_statistics(ng=RTPENGINE_NG):
+    """RTPEngine's own statistics (ng 'statistics')."""
     cookie = os.urandom(4).hex().encode()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(3)
         sock.sendto(cookie + b" d7:command10:statisticse", ng)
         reply = sock.recv(65535)
     stats, _ = _bdecode(reply[len(cookie) + 1:])
-    return stats["statistics"]["totalstatistics"]["relayedpackets"]
+    return stats["statistics"]
+
+
+def rtpengine_relayed_packets(ng=RTPENGINE_NG):
+    """RTPEngine's own count of packets relayed since it started."""
+    return rtpengine_statistics(ng)["totalstatistics"]["relayedpackets"]
+
+
+def rtpengine_sessions(ng=RTPENGINE_NG):
+    """Calls RTPEngine holds now, finished ones in their delete delay included."""
+    return rtpengine_statistics(ng)["currentstatistics"]["sessionsown"]
 
 
 # --- SIPp ---

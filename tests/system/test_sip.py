@@ -223,7 +223,11 @@ def test_a_media_node_rings_a_registered_device(tenants, media):
         code, log, errors = sip.sipp(sip.call_scenario(authenticate=False, hold_ms=200), ip,
                                      {"tenant": A, "user": "media", "service": "1002"}, port=int(port))
         assert code == 0, errors
-        assert len(callee.received("INVITE")) == 1
+        invites = callee.received("INVITE")
+        assert len(invites) == 1
+        # The lab offers devices optional SRTP (OSRTP): RTP/AVP with both SDES suites.
+        assert "m=audio" in invites[0] and "RTP/AVP" in invites[0]
+        assert "AES_CM_128_HMAC_SHA1_80" in invites[0] and "AES_CM_128_HMAC_SHA1_32" in invites[0]
     finally:
         callee.stop()
 
