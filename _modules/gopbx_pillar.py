@@ -195,7 +195,7 @@ SCHEMA = {
         "addresses": _list_of(_text),
     },
     "common": {
-        "syslog": _dict_of({"package": _text, "service": _text, "drop_in_dir": _text}),
+        "syslog": _dict_of({"package": _text, "service": _text, "drop_in_dir": _text, "process": _text}),
     },
     "network": {},
 }

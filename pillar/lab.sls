@@ -8,6 +8,8 @@ common:
     package: inetutils-syslogd
     service: inetutils-syslogd
     drop_in_dir: /etc/syslog.d
+    # inetutils' init script reports "status" 0 even when syslogd is down.
+    process: /usr/sbin/syslogd
 network:
   internal:
     interface: lo

@@ -42,19 +42,18 @@ def ensure_secrets():
     return path
 
 
-def minion_config():
-    """Write the masterless minion configuration for this checkout; return its directory."""
-    config_dir = LAB / "etc" / "salt"
+def write_minion_config(config_dir, root, pillar_root, minion_id=MINION_ID):
+    """A masterless minion configuration for this tree (the lab's, and the tests')."""
+    config_dir = Path(config_dir)
     config_dir.mkdir(parents=True, exist_ok=True)
-    root = LAB / "salt-root"
     config = {
-        "id": MINION_ID,
+        "id": minion_id,
         "file_client": "local",
         "root_dir": str(root),
-        "log_file": str(root / "var" / "log" / "salt" / "minion"),
+        "log_file": str(Path(root) / "var" / "log" / "salt" / "minion"),
         "file_roots": {"base": [str(REPO / "salt"), str(REPO)]},
         "file_ignore_regex": [r"/\.git($|/)", r"/\.venv($|/)", r"/\.lab/(salt-root|etc)($|/)", r"/tests($|/)"],
-        "pillar_roots": {"base": [str(REPO / "pillar"), str(LAB / "pillar")]},
+        "pillar_roots": {"base": [str(REPO / "pillar"), str(pillar_root)]},
         "pillar_safe_render_error": True,
         "state_verbose": False,
         # systemctl is installed but systemd is not PID 1 here: without this Salt
@@ -64,6 +63,11 @@ def minion_config():
     }
     (config_dir / "minion").write_text(json.dumps(config, indent=2) + "\n")
     return config_dir
+
+
+def minion_config():
+    """Write the lab's masterless minion configuration for this checkout; return its directory."""
+    return write_minion_config(LAB / "etc" / "salt", LAB / "salt-root", LAB / "pillar")
 
 
 def salt_call(args, capture=False):

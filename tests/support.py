@@ -28,23 +28,9 @@ def fake_secrets():
 
 
 def write_minion_config(directory, pillar_root, minion_id="lab-coord-1"):
-    """A masterless minion configuration for this tree, with its own root and an extra pillar root."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    root = directory / "root"
-    config = {
-        "id": minion_id,
-        "file_client": "local",
-        "root_dir": str(root),
-        "log_file": str(root / "minion.log"),
-        "file_roots": {"base": [str(REPO / "salt"), str(REPO)]},
-        "file_ignore_regex": [r"/\.git($|/)", r"/\.venv($|/)", r"/\.lab($|/)", r"/tests($|/)"],
-        "pillar_roots": {"base": [str(REPO / "pillar"), str(pillar_root)]},
-        "pillar_safe_render_error": True,
-        "providers": {"service": "gopbx_initscripts"},
-    }
-    (directory / "minion").write_text(json.dumps(config))
-    return directory
+    """The lab's masterless minion configuration, with its own root and another pillar root."""
+    lab = load_module("scripts", "lab", alias="gopbx_lab_script")
+    return lab.write_minion_config(directory, Path(directory) / "root", pillar_root, minion_id)
 
 
 def salt_call(config_dir, *args, minion_id=None, check=True):

@@ -21,6 +21,7 @@ common-syslog-pkg-installed:
 common-syslog-service-running:
   service.running:
     - name: {{ common.syslog.service }}
+    - sig: {{ common.syslog.process }}
     - enable: True
     - require:
       - pkg: common-syslog-pkg-installed

@@ -16,7 +16,7 @@ def test_sync_delivers_the_custom_modules(lab_minion):
 def test_minion_gets_its_roles_and_plan_from_the_masters_pillar(lab_minion):
     lab_minion.salt_call_cli().run("saltutil.sync_all")
     cli = lab_minion.salt_call_cli()
-    assert cli.run("gopbx_pillar.roles").data == ["coordinator"]
+    assert cli.run("gopbx_pillar.roles").data == ["coordinator", "media-standin"]
     plan = cli.run("gopbx_pillar.network")
     assert plan.returncode == 0, plan
     assert plan.data["services"]["redis"] == "127.28.0.11"
@@ -31,7 +31,7 @@ def test_a_state_using_the_custom_modules_applies_idempotently(lab_minion, tmp_p
     assert first.returncode == 0, first
     assert [state["changes"] != {} for state in first.data.values()] == [True]
     lines = probe.read_text().splitlines()
-    assert lines[:3] == ["roles coordinator", "redis 127.28.0.11", "postgres 127.28.0.10"]
+    assert lines[:3] == ["roles coordinator,media-standin", "redis 127.28.0.11", "postgres 127.28.0.10"]
     assert lines[3].startswith("verifier SCRAM-SHA-256$4096:")
     second = cli.run("state.apply", "gopbx_probe", pillar={"probe_path": str(probe)})
     assert second.returncode == 0, second
