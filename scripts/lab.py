@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -165,4 +166,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Piped into head and the like, stop quietly like any command-line tool.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""The GoPBX control-plane API."""

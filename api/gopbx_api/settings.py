@@ -1,0 +1,31 @@
+"""The API's settings, from a JSON file the api formula renders from pillar."""
+
+import json
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Settings:
+    # psycopg2 DSN through pgBouncer, as the gopbx_api role.
+    database_dsn: str
+    # Kamailio's JSONRPC on the internal address (domain.reload after tenant changes).
+    kamailio_rpc_url: str
+    # Signing keys: the first signs, all verify, so a key can be rotated without
+    # downtime (add the new one first, drop the old one after the token lifetime).
+    jwt_keys: list = field(default_factory=list)
+    jwt_ttl_seconds: int = 900
+    # Platform admins: username -> PBKDF2 password hash (see passwords.hash_password).
+    platform_admins: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.jwt_keys or any(len(key) < 32 for key in self.jwt_keys):
+            raise ValueError("jwt_keys: at least one key, each of 32 characters or more")
+        if self.jwt_ttl_seconds <= 0:
+            raise ValueError("jwt_ttl_seconds must be positive")
+
+
+def load(path=None):
+    path = path or os.environ.get("GOPBX_API_SETTINGS", "/etc/gopbx/api.json")
+    with open(path, encoding="utf-8") as handle:
+        return Settings(**json.load(handle))

@@ -1,0 +1,81 @@
+"""
+The API against the lab's real PostgreSQL (through pgBouncer) and Kamailio:
+the lab is brought up by the README's lab command, as for the system tests.
+"""
+
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from gopbx_api import passwords
+from gopbx_api.app import create_app
+from gopbx_api.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+ADMIN_PASSWORD = "Platform-Admin-Pass-1"
+SUFFIX = ".apitest.invalid"
+
+
+@pytest.fixture(scope="session")
+def lab_secrets():
+    proc = subprocess.run([str(REPO / "scripts" / "lab"), "up"], capture_output=True, text=True, check=False,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return yaml.safe_load((REPO / ".lab" / "pillar" / "site" / "lab.sls").read_text())["secrets"]
+
+
+def make_settings(lab_secrets, keys):
+    return Settings(
+        database_dsn=(f"host=127.28.0.12 port=5432 dbname=gopbx user=gopbx_api "
+                      f"password={lab_secrets['postgres']['api']}"),
+        kamailio_rpc_url="http://127.28.0.15:8080/jsonrpc",
+        jwt_keys=keys,
+        platform_admins={"admin": passwords.hash_password(ADMIN_PASSWORD)},
+    )
+
+
+@pytest.fixture(scope="session")
+def settings_for(lab_secrets):
+    """Settings for the lab with these JWT keys (the first signs)."""
+    return lambda keys: make_settings(lab_secrets, keys)
+
+
+@pytest.fixture(scope="session")
+def keys():
+    return [secrets.token_urlsafe(32), secrets.token_urlsafe(32)]
+
+
+@pytest.fixture(scope="session")
+def app(lab_secrets, keys):
+    application = create_app(make_settings(lab_secrets, keys[:1]))
+    yield application
+    application.state.db.close()
+
+
+@pytest.fixture(scope="session")
+def client(app):
+    return TestClient(app)
+
+
+@pytest.fixture(scope="session")
+def admin(client):
+    reply = client.post("/v1/token", json={"username": "admin", "password": ADMIN_PASSWORD})
+    assert reply.status_code == 200, reply.text
+    return {"Authorization": f"Bearer {reply.json()['access_token']}"}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def clean(app):
+    def remove():
+        with app.state.db.transaction() as cursor:
+            cursor.execute("DELETE FROM subscriber WHERE domain LIKE %s", (f"%{SUFFIX}",))
+            cursor.execute("DELETE FROM domain_attrs WHERE did LIKE %s", (f"%{SUFFIX}",))
+            cursor.execute("DELETE FROM domain WHERE domain LIKE %s", (f"%{SUFFIX}",))
+            cursor.execute("DELETE FROM gopbx.tenants WHERE domain LIKE %s", (f"%{SUFFIX}",))
+    remove()
+    yield
+    remove()
