@@ -3,7 +3,7 @@
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from . import auth, passwords, tenants
+from . import auth, passwords, tenants, xmlcurl
 from .db import Database
 from .kamailio import Kamailio
 from .models import TokenRequest
@@ -39,6 +39,8 @@ def create_app(settings, database=None, kamailio=None):
             return {"postgresql": cursor.fetchone()["ok"] == 1}
 
     app.include_router(tenants.router, prefix="/v1", dependencies=[Depends(auth.principal)])
+    # FreeSWITCH nodes authenticate with their own credentials, not tokens.
+    app.include_router(xmlcurl.router, prefix="/v1")
     return app
 
 

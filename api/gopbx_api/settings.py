@@ -11,6 +11,8 @@ class Settings:
     database_dsn: str
     # Kamailio's JSONRPC on the internal address (domain.reload after tenant changes).
     kamailio_rpc_url: str
+    # Where FreeSWITCH sends calls for devices: Kamailio's SIP address.
+    kamailio_sip_uri: str
     # Signing keys: the first signs, all verify, so a key can be rotated without
     # downtime (add the new one first, drop the old one after the token lifetime).
     jwt_keys: list = field(default_factory=list)

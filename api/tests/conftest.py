@@ -7,6 +7,7 @@ import secrets
 import subprocess
 from pathlib import Path
 
+import psycopg2
 import pytest
 import yaml
 from fastapi.testclient import TestClient
@@ -33,6 +34,7 @@ def make_settings(lab_secrets, keys):
         database_dsn=(f"host=127.28.0.12 port=5432 dbname=gopbx user=gopbx_api "
                       f"password={lab_secrets['postgres']['api']}"),
         kamailio_rpc_url="http://127.28.0.15:8080/jsonrpc",
+        kamailio_sip_uri="sip:127.0.0.1:5060",
         jwt_keys=keys,
         platform_admins={"admin": passwords.hash_password(ADMIN_PASSWORD)},
     )
@@ -68,14 +70,28 @@ def admin(client):
     return {"Authorization": f"Bearer {reply.json()['access_token']}"}
 
 
+def db_as(lab_secrets, role):
+    key = {"gopbx_salt": "salt", "gopbx_api": "api"}[role]
+    return psycopg2.connect(host="127.28.0.12", port=5432, dbname="gopbx", user=role,
+                            password=lab_secrets["postgres"][key])
+
+
+@pytest.fixture(scope="session")
+def salt_db(lab_secrets):
+    """A connection as gopbx_salt, the role that registers FreeSWITCH nodes."""
+    return lambda: db_as(lab_secrets, "gopbx_salt")
+
+
 @pytest.fixture(autouse=True, scope="session")
-def clean(app):
+def clean(app, lab_secrets):
     def remove():
         with app.state.db.transaction() as cursor:
             cursor.execute("DELETE FROM subscriber WHERE domain LIKE %s", (f"%{SUFFIX}",))
             cursor.execute("DELETE FROM domain_attrs WHERE did LIKE %s", (f"%{SUFFIX}",))
             cursor.execute("DELETE FROM domain WHERE domain LIKE %s", (f"%{SUFFIX}",))
             cursor.execute("DELETE FROM gopbx.tenants WHERE domain LIKE %s", (f"%{SUFFIX}",))
+        with db_as(lab_secrets, "gopbx_salt") as conn, conn.cursor() as cursor:
+            cursor.execute("DELETE FROM gopbx.nodes WHERE minion_id LIKE 'fs-apitest-%%'")
     remove()
     yield
     remove()

@@ -138,7 +138,7 @@ def test_pgbouncer_pools_in_transaction_mode(lab):
 
 def test_migrations_are_recorded(lab):
     _, applied = salt_call(LAB_CONFIG, "gopbx_db.applied_migrations", "gopbx")
-    assert sorted(map(int, applied)) == [1, 2, 3, 4]
+    assert sorted(map(int, applied)) == [1, 2, 3, 4, 5]
     _, pending = salt_call(LAB_CONFIG, "gopbx_db.pending_migrations", "gopbx", "/usr/share/gopbx/migrations")
     assert pending == []
 
