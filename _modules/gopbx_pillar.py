@@ -21,7 +21,7 @@ __virtualname__ = "gopbx_pillar"
 # Which formulas each role runs, in order. Later work adds kamailio,
 # rtpengine, api, nginx, monitoring, keepalived and firewall here.
 ROLE_STATES = {
-    "coordinator": ["network", "postgres", "pgbouncer", "redis", "rtpengine", "kamailio"],
+    "coordinator": ["network", "postgres", "pgbouncer", "redis", "rtpengine", "kamailio", "api"],
     "kamailio-standby": ["kamailio"],
     "pg-replica": [],
     "freeswitch": [],
@@ -189,6 +189,11 @@ SCHEMA = {
         "rtp_ports": _port_range,
         "kernel_forwarding": _boolean,
         "delete_delay_seconds": _non_negative_int,
+    },
+    "api": {
+        "port": _port,
+        "workers": _positive_int,
+        "jwt_ttl_seconds": _positive_int,
     },
     "media_standin": {
         "setid": _positive_int,

@@ -21,25 +21,35 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "api"))
+from gopbx_api.passwords import hash_password  # noqa: E402  (no third-party imports)
 LAB = REPO / ".lab"
 MINION_ID = "lab-coord-1"
 SECRET_NAMES = {
     "postgres": ["kamailio", "api", "salt", "metrics", "replicator"],
     "redis": ["password"],
+    "api": ["jwt_key", "admin_password"],
 }
 
 
 def ensure_secrets():
-    """Make the lab's throwaway secrets once; later runs keep them."""
+    """Make the lab's throwaway secrets once; later runs keep them and add any new ones."""
     path = LAB / "pillar" / "site" / "lab.sls"
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {group: {name: secrets.token_urlsafe(24) for name in names} for group, names in SECRET_NAMES.items()}
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write("# Throwaway lab secrets, made by scripts/lab. Never used outside the lab.\n")
-        handle.write(json.dumps({"secrets": data}, indent=2) + "\n")
+    data = json.loads(path.read_text().split("\n", 1)[1]) if path.exists() else {"secrets": {}}
+    before = json.dumps(data, sort_keys=True)
+    for group, names in SECRET_NAMES.items():
+        for name in names:
+            data["secrets"].setdefault(group, {}).setdefault(name, secrets.token_urlsafe(32))
+    api = data["secrets"]["api"]
+    if "admin_password_hash" not in api:
+        # Pillar holds only the hash; the lab keeps the password for its operator.
+        api["admin_password_hash"] = hash_password(api["admin_password"])
+    if json.dumps(data, sort_keys=True) != before:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("# Throwaway lab secrets, made by scripts/lab. Never used outside the lab.\n")
+            handle.write(json.dumps(data, indent=2) + "\n")
     return path
 
 
@@ -136,12 +146,14 @@ def status():
         ("Kamailio", sip[0], 5061, "tls"),
         ("Kamailio", plan["kamailio"], 8080, "rpc"),
         ("RTPEngine", plan["rtpengine_ng"], 2223, "ng"),
+        ("API", plan["api"], 8080, "http"),
     ]
     print(f"{'service':<12} {'address':<22} {'what':<5} state")
     for label, address, port, what in rows:
         state = ("listening" if listening(address, port) else "DOWN") if what != "ng" else ng_state(address, port)
         print(f"{label:<12} {address + ':' + str(port):<22} {what:<5} {state}")
-    print(f"secrets: {LAB / 'pillar' / 'site' / 'lab.sls'} (throwaway, git-ignored)")
+    print(f"secrets: {LAB / 'pillar' / 'site' / 'lab.sls'} (throwaway, git-ignored; the API's admin password "
+          "is secrets:api:admin_password there)")
 
 
 def main(argv):

@@ -24,6 +24,8 @@ def fake_secrets():
     return {
         "postgres": {name: secrets.token_urlsafe(24) for name in ("kamailio", "api", "salt", "metrics", "replicator")},
         "redis": {"password": secrets.token_urlsafe(24)},
+        "api": {"jwt_key": secrets.token_urlsafe(32),
+                "admin_password_hash": "pbkdf2_sha256$200000$" + secrets.token_urlsafe(16) + "$" + "A" * 44},
     }
 
 

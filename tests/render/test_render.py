@@ -86,7 +86,7 @@ def test_every_role_renders_its_formulas(lowstate, minion_id):
     formulas = {chunk["__sls__"] for chunk in chunks}
     expected = {"common"}
     if ROLE_OF[minion_id] == "coordinator":
-        expected |= {"postgres", "pgbouncer", "redis", "rtpengine", "kamailio"}
+        expected |= {"postgres", "pgbouncer", "redis", "rtpengine", "kamailio", "api"}
         # The lab's plan is on loopback: the network formula has nothing to do there;
         # and the lab runs SIPp stand-ins where production has FreeSWITCH nodes.
         expected |= {"media_standin"} if minion_id.startswith("lab-") else {"network"}
@@ -224,3 +224,19 @@ def test_rtpengine_config_is_accepted_by_rtpengine(rendered, minion_id):
     assert "port-min = 16384" in conf and "port-max = 32768" in conf
     assert f"table = {-1 if lab else 0}" in conf and "delete-delay = 5" in conf
     assert b"pong" in checkers.check_rtpengine(conf)
+
+
+@pytest.mark.parametrize("minion_id", COORDINATORS)
+def test_the_api_is_configured_for_the_plan(env, rendered, minion_id):
+    files = rendered(minion_id)
+    settings = json.loads(files["/etc/gopbx/api.json"])
+    net, sip = ("127.28.0", "127.0.0.1") if minion_id.startswith("lab-") else ("172.28.0", "103.43.75.51")
+    secrets = _secrets(env, minion_id)
+    assert settings["database_dsn"] == (f"host={net}.12 port=5432 dbname=gopbx user=gopbx_api "
+                                        f"password={secrets['postgres']['api']}")
+    assert settings["kamailio_rpc_url"] == f"http://{net}.15:8080/jsonrpc"
+    assert settings["kamailio_sip_uri"] == f"sip:{sip}:5060"
+    assert settings["jwt_keys"] == [secrets["api"]["jwt_key"]]
+    assert settings["platform_admins"] == {"admin": secrets["api"]["admin_password_hash"]}
+    for unit in (files["/etc/systemd/system/gopbx-api.service"], files["/etc/init.d/gopbx-api"]):
+        assert f"--host {net}.30" in unit and "--port 8080" in unit

@@ -32,7 +32,7 @@ def redis_cli(*args, password=None):
 def test_lab_up_reports_every_service_listening(lab):
     assert "0 failed" in lab["output"]
     rows = {tuple(line.split()[:3]): line.split()[3] for line in lab["output"].splitlines()
-            if len(line.split()) == 4 and line.split()[2] in ("tcp", "tls", "rpc", "ng")}
+            if len(line.split()) == 4 and line.split()[2] in ("tcp", "tls", "rpc", "ng", "http")}
     assert rows == {
         ("PostgreSQL", "127.28.0.10:5432", "tcp"): "listening",
         ("pgBouncer", "127.28.0.12:5432", "tcp"): "listening",
@@ -41,6 +41,7 @@ def test_lab_up_reports_every_service_listening(lab):
         ("Kamailio", "127.0.0.1:5061", "tls"): "listening",
         ("Kamailio", "127.28.0.15:8080", "rpc"): "listening",
         ("RTPEngine", "127.28.0.1:2223", "ng"): "answering",
+        ("API", "127.28.0.30:8080", "http"): "listening",
     }
 
 

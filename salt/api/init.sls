@@ -1,0 +1,104 @@
+{#- The control-plane API (api/ in this tree) in its own venv, as a service on its
+    plan address. Pillar holds the admin's password hash, never the password. #}
+{%- from 'api/map.jinja' import api with context %}
+{%- set home = api.home %}
+
+api-build-deps-pkg-installed:
+  pkg.installed:
+    - pkgs: [python3-venv, python3-dev, gcc, libpq-dev]
+
+api-user-present:
+  user.present:
+    - name: gopbx-api
+    - system: True
+    - home: {{ home }}
+    - shell: /usr/sbin/nologin
+    - createhome: False
+
+api-code-managed:
+  file.recurse:
+    - name: {{ home }}/app/gopbx_api
+    - source: salt://api/gopbx_api
+    - clean: True
+    - file_mode: '0644'
+    - dir_mode: '0755'
+    - exclude_pat: E@__pycache__
+
+api-requirements-managed:
+  file.managed:
+    - name: {{ home }}/requirements.txt
+    - source: salt://api/requirements.txt
+    - mode: '0644'
+    - makedirs: True
+
+api-venv-created:
+  cmd.run:
+    - name: /usr/bin/python3 -m venv {{ home }}/venv
+    - creates: {{ home }}/venv/bin/python
+    - require:
+      - pkg: api-build-deps-pkg-installed
+
+# A stamp of the requirements' hash, written after a successful install: a failed
+# install is retried on the next run, an unchanged one is not redone.
+api-requirements-installed:
+  cmd.run:
+    - name: >-
+        {{ home }}/venv/bin/pip install --quiet --disable-pip-version-check -r {{ home }}/requirements.txt
+        && sha256sum {{ home }}/requirements.txt > {{ home }}/venv/requirements.sha256
+    - unless: sha256sum --status -c {{ home }}/venv/requirements.sha256
+    - require:
+      - cmd: api-venv-created
+      - file: api-requirements-managed
+
+api-settings-managed:
+  file.managed:
+    - name: /etc/gopbx/api.json
+    - source: salt://api/files/api.json.jinja
+    - template: jinja
+    - context:
+        api: {{ api | json }}
+        kamailio_sip: {{ (salt['gopbx_pillar.plain']('kamailio:sip_addresses', ['127.0.0.1'])[0] ~ ':5060') | json }}
+        previous_keys: {{ salt['gopbx_pillar.plain']('api:previous_jwt_keys', []) | json }}
+    - user: root
+    - group: gopbx-api
+    - mode: '0640'
+    - makedirs: True
+    - show_changes: False
+    - require:
+      - user: api-user-present
+
+api-systemd-unit-managed:
+  file.managed:
+    - name: /etc/systemd/system/gopbx-api.service
+    - source: salt://api/files/gopbx-api.service.jinja
+    - template: jinja
+    - context: {home: {{ home }}, address: {{ api.address }}, port: {{ api.port }}, workers: {{ api.workers }}}
+    - mode: '0644'
+
+api-systemd-reloaded:
+  cmd.run:
+    - name: systemctl daemon-reload
+    - onlyif: test -d /run/systemd/system
+    - onchanges:
+      - file: api-systemd-unit-managed
+
+api-init-script-managed:
+  file.managed:
+    - name: /etc/init.d/gopbx-api
+    - source: salt://api/files/gopbx-api.init.jinja
+    - template: jinja
+    - context: {home: {{ home }}, address: {{ api.address }}, port: {{ api.port }}, workers: {{ api.workers }}}
+    - mode: '0755'
+
+api-service-running:
+  service.running:
+    - name: gopbx-api
+    - enable: True
+    - require:
+      - cmd: api-requirements-installed
+      - cmd: api-systemd-reloaded
+    - watch:
+      - file: api-code-managed
+      - file: api-settings-managed
+      - file: api-init-script-managed
+      - file: api-systemd-unit-managed
