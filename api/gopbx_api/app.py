@@ -1,7 +1,11 @@
 """The GoPBX control-plane API (FastAPI)."""
 
+import time
+
+import redis
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from . import auth, passwords, tenants, xmlcurl
 from .db import Database
@@ -16,6 +20,21 @@ def create_app(settings, database=None, kamailio=None):
     app.state.settings = settings
     app.state.db = database or Database(settings.database_dsn)
     app.state.kamailio = kamailio or Kamailio(settings.kamailio_rpc_url)
+    app.state.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    registry = CollectorRegistry()
+    requests_total = Counter("gopbx_api_requests_total", "API requests", ["method", "route", "status"],
+                             registry=registry)
+    latency = Histogram("gopbx_api_request_seconds", "API request latency", ["route"], registry=registry)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        # The route's template, not the path: tenant names must not become label values.
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        requests_total.labels(request.method, route, str(response.status_code)).inc()
+        latency.labels(route).observe(time.perf_counter() - started)
+        return response
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
@@ -34,14 +53,31 @@ def create_app(settings, database=None, kamailio=None):
 
     @app.get("/healthz")
     def healthz(request: Request):
-        with request.app.state.db.transaction() as cursor:
-            cursor.execute("SELECT 1 AS ok")
-            return {"postgresql": cursor.fetchone()["ok"] == 1}
+        checks = {"postgresql": _healthy(_postgresql_ok, request.app.state),
+                  "redis": _healthy(lambda state: state.redis.ping(), request.app.state)}
+        return JSONResponse(checks, status_code=200 if all(checks.values()) else 503)
 
-    app.include_router(tenants.router, prefix="/v1", dependencies=[Depends(auth.principal)])
+    @app.get("/metrics")
+    def metrics():
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(tenants.router, dependencies=[Depends(auth.principal)])
     # FreeSWITCH nodes authenticate with their own credentials, not tokens.
-    app.include_router(xmlcurl.router, prefix="/v1")
+    app.include_router(xmlcurl.router)
     return app
+
+
+def _postgresql_ok(state):
+    with state.db.transaction() as cursor:
+        cursor.execute("SELECT 1 AS ok")
+        return cursor.fetchone()["ok"] == 1
+
+
+def _healthy(check, state):
+    try:
+        return bool(check(state))
+    except Exception:  # noqa: BLE001  (any failure of the dependency is "unhealthy")
+        return False
 
 
 def _login(state, username, password):

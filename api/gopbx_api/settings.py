@@ -13,6 +13,8 @@ class Settings:
     kamailio_rpc_url: str
     # Where FreeSWITCH sends calls for devices: Kamailio's SIP address.
     kamailio_sip_uri: str
+    # Redis (with its password), for health and, later, call events.
+    redis_url: str
     # Signing keys: the first signs, all verify, so a key can be rotated without
     # downtime (add the new one first, drop the old one after the token lifetime).
     jwt_keys: list = field(default_factory=list)

@@ -8,7 +8,7 @@ from .db import audit
 from .models import ExtensionIn, TenantIn, TenantPatch
 from .passwords import sip_ha1
 
-router = APIRouter()
+router = APIRouter(prefix="/v1")
 
 TENANT_COLUMNS = ("name", "max_calls", "calls_per_second", "enabled")
 # Kamailio reads a tenant's routing from domain_attrs (integers).

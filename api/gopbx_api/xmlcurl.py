@@ -16,7 +16,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from .models import DOMAIN
 from .passwords import verify_password
 
-router = APIRouter()
+router = APIRouter(prefix="/v1")
 basic = HTTPBasic(auto_error=False)
 XML = "text/xml"
 NOT_FOUND = ('<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n<document type="freeswitch/xml">'

@@ -35,6 +35,7 @@ def make_settings(lab_secrets, keys):
                       f"password={lab_secrets['postgres']['api']}"),
         kamailio_rpc_url="http://127.28.0.15:8080/jsonrpc",
         kamailio_sip_uri="sip:127.0.0.1:5060",
+        redis_url=f"redis://:{lab_secrets['redis']['password']}@127.28.0.11:6379/0",
         jwt_keys=keys,
         platform_admins={"admin": passwords.hash_password(ADMIN_PASSWORD)},
     )

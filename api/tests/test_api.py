@@ -169,5 +169,19 @@ def test_expired_and_forged_tokens_are_refused(client, app):
         assert client.get("/v1/tenants", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
 
-def test_healthz(client):
-    assert client.get("/healthz").json() == {"postgresql": True}
+def test_healthz_checks_postgresql_and_redis(client, app):
+    assert client.get("/healthz").json() == {"postgresql": True, "redis": True}
+    working = app.state.redis
+    app.state.redis = type(working).from_url("redis://:wrong-password@127.28.0.11:6379/0", socket_timeout=1)
+    try:
+        reply = client.get("/healthz")
+        assert reply.status_code == 503 and reply.json() == {"postgresql": True, "redis": False}
+    finally:
+        app.state.redis = working
+
+
+def test_metrics_count_requests_by_route(client, admin):
+    client.get(f"/v1/tenants/{A}", headers=admin)
+    text = client.get("/metrics").text
+    assert 'gopbx_api_requests_total{method="GET",route="/v1/tenants/{domain}",status="200"}' in text
+    assert A not in text

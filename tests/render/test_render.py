@@ -236,6 +236,7 @@ def test_the_api_is_configured_for_the_plan(env, rendered, minion_id):
                                         f"password={secrets['postgres']['api']}")
     assert settings["kamailio_rpc_url"] == f"http://{net}.15:8080/jsonrpc"
     assert settings["kamailio_sip_uri"] == f"sip:{sip}:5060"
+    assert settings["redis_url"] == f"redis://:{secrets['redis']['password']}@{net}.11:6379/0"
     assert settings["jwt_keys"] == [secrets["api"]["jwt_key"]]
     assert settings["platform_admins"] == {"admin": secrets["api"]["admin_password_hash"]}
     for unit in (files["/etc/systemd/system/gopbx-api.service"], files["/etc/init.d/gopbx-api"]):

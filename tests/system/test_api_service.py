@@ -7,8 +7,8 @@ pytestmark = pytest.mark.system
 URL = "http://127.28.0.30:8080"
 
 
-def test_it_answers_on_its_plan_address_and_checks_postgresql(lab):
-    assert requests.get(f"{URL}/healthz", timeout=10).json() == {"postgresql": True}
+def test_it_answers_on_its_plan_address_and_checks_postgresql_and_redis(lab):
+    assert requests.get(f"{URL}/healthz", timeout=10).json() == {"postgresql": True, "redis": True}
 
 
 def test_the_labs_admin_gets_a_token_and_uses_it(lab):
