@@ -24,7 +24,6 @@ requests per second); the lab is re-applied as it was at the end.
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -258,19 +257,15 @@ def measure_concurrency(csv, ng, name):
         # Start with every RTP port free: earlier calls hold theirs for the delete delay.
         if not sip.wait_for(lambda: sip.rtpengine_sessions(ng) == 0, timeout=120, interval=1):
             raise SystemExit("RTPEngine kept sessions for two minutes")
-        before = _relayed(ng)
+        before = sip.rtpengine_relayed_packets(ng)
         ok, failed = _sipp(scenario, csv, "127.0.7.1", CALLERS[0], calls=level, rate=50, limit=level,
                            extra=["-mp", "20000"], timeout=120)
         time.sleep(1)
-        relayed = _relayed(ng) - before
+        relayed = sip.rtpengine_relayed_packets(ng) - before
         if failed or ok < level or relayed < level * PCAP_PACKETS * 2:
             break
         best = level
     return best
-
-
-def _relayed(ng):
-    return sip.rtpengine_relayed_packets(ng)
 
 
 # --- the table ---

@@ -20,13 +20,11 @@ def load_module(folder, name, alias=None):
 
 
 def fake_secrets():
-    """Random secrets in the shape the formulas require."""
-    return {
-        "postgres": {name: secrets.token_urlsafe(24) for name in ("kamailio", "api", "salt", "metrics", "replicator")},
-        "redis": {"password": secrets.token_urlsafe(24)},
-        "api": {"jwt_key": secrets.token_urlsafe(32),
-                "admin_password_hash": "pbkdf2_sha256$200000$" + secrets.token_urlsafe(16) + "$" + "A" * 44},
-    }
+    """Random secrets in the shape the lab makes (scripts/lab.py SECRET_NAMES)."""
+    lab = load_module("scripts", "lab", alias="gopbx_lab_script")
+    made = {group: {name: secrets.token_urlsafe(24) for name in names} for group, names in lab.SECRET_NAMES.items()}
+    made["api"]["admin_password_hash"] = lab.hash_password(made["api"]["admin_password"])
+    return made
 
 
 def write_minion_config(directory, pillar_root, minion_id="lab-coord-1"):

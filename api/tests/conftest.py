@@ -7,7 +7,6 @@ import secrets
 import subprocess
 from pathlib import Path
 
-import psycopg2
 import pytest
 import yaml
 from fastapi.testclient import TestClient
@@ -15,6 +14,7 @@ from fastapi.testclient import TestClient
 from gopbx_api import passwords
 from gopbx_api.app import create_app
 from gopbx_api.settings import Settings
+from tests.system import sip
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "Platform-Admin-Pass-1"
@@ -71,16 +71,10 @@ def admin(client):
     return {"Authorization": f"Bearer {reply.json()['access_token']}"}
 
 
-def db_as(lab_secrets, role):
-    key = {"gopbx_salt": "salt", "gopbx_api": "api"}[role]
-    return psycopg2.connect(host="127.28.0.12", port=5432, dbname="gopbx", user=role,
-                            password=lab_secrets["postgres"][key])
-
-
 @pytest.fixture(scope="session")
 def salt_db(lab_secrets):
     """A connection as gopbx_salt, the role that registers FreeSWITCH nodes."""
-    return lambda: db_as(lab_secrets, "gopbx_salt")
+    return lambda: sip.db(lab_secrets, "gopbx_salt")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -91,7 +85,7 @@ def clean(app, lab_secrets):
             cursor.execute("DELETE FROM domain_attrs WHERE did LIKE %s", (f"%{SUFFIX}",))
             cursor.execute("DELETE FROM domain WHERE domain LIKE %s", (f"%{SUFFIX}",))
             cursor.execute("DELETE FROM gopbx.tenants WHERE domain LIKE %s", (f"%{SUFFIX}",))
-        with db_as(lab_secrets, "gopbx_salt") as conn, conn.cursor() as cursor:
+        with sip.db(lab_secrets, "gopbx_salt") as conn, conn.cursor() as cursor:
             cursor.execute("DELETE FROM gopbx.nodes WHERE minion_id LIKE 'fs-apitest-%%'")
     remove()
     yield

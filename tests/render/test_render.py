@@ -206,7 +206,7 @@ def test_kamailio_config_is_accepted_by_kamailio(rendered, minion_id):
 def test_kamailio_reaches_the_database_through_pgbouncer(env, rendered, minion_id):
     cfg = rendered(minion_id)["/etc/kamailio/kamailio.cfg"]
     pgbouncer = "127.28.0.12" if minion_id.startswith("lab-") else "172.28.0.12"
-    assert f'#!define DBURL "postgres://kamailio:' in cfg and f"@{pgbouncer}:5432/gopbx" in cfg
+    assert '#!define DBURL "postgres://kamailio:' in cfg and f"@{pgbouncer}:5432/gopbx" in cfg
     assert _secrets(env, minion_id)["postgres"]["kamailio"] in cfg
 
 

@@ -358,7 +358,7 @@ class SippProcess:
     def received(self, method):
         """The requests of a method it received, as text."""
         return [block for block in self.messages().split("----------------------------------------------")
-                if f"message received" in block and f"\n{method} " in block]
+                if "message received" in block and f"\n{method} " in block]
 
     def stop(self):
         if self.process.poll() is None:
