@@ -12,6 +12,7 @@ controls its own grains, so grains never decide a role or a secret.
 
 import copy
 import ipaddress
+import re
 
 import salt.utils.secret
 from salt.exceptions import CommandExecutionError
@@ -21,7 +22,7 @@ __virtualname__ = "gopbx_pillar"
 # Which formulas each role runs, in order. Later work adds kamailio,
 # rtpengine, api, nginx, monitoring, keepalived and firewall here.
 ROLE_STATES = {
-    "coordinator": ["network", "postgres", "pgbouncer", "redis", "rtpengine", "kamailio", "api"],
+    "coordinator": ["network", "postgres", "pgbouncer", "redis", "rtpengine", "kamailio", "api", "nginx"],
     "kamailio-standby": ["kamailio"],
     "pg-replica": [],
     "freeswitch": [],
@@ -130,6 +131,21 @@ def _text(value):
     return value
 
 
+def _text_or_empty(value):
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {value!r}")
+    return value
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+
+
+def _hostname(value):
+    if not isinstance(value, str) or not _HOSTNAME.match(value):
+        raise ValueError(f"must be a lower-case DNS name such as api.gopbx.au, got {value!r}")
+    return value
+
+
 def _list_of(check):
     def check_list(value):
         if not isinstance(value, list):
@@ -194,6 +210,20 @@ SCHEMA = {
         "port": _port,
         "workers": _positive_int,
         "jwt_ttl_seconds": _positive_int,
+        "esl_port": _port,
+        "sse_heartbeat_seconds": _positive_int,
+    },
+    "nginx": {
+        "server_name": _hostname,
+        "extra_listen_addresses": _list_of(_address),
+        "certificate": _one_of("letsencrypt", "self_signed"),
+        "acme_email": _text_or_empty,
+        "acme_webroot": _text,
+        "api_max_body_kb": _positive_int,
+        "grafana_max_body_mb": _positive_int,
+        "sse_read_timeout_seconds": _positive_int,
+        "token_requests_per_second": _positive_int,
+        "tls_dir": _text,
     },
     "media_standin": {
         "setid": _positive_int,
@@ -370,6 +400,8 @@ def _check_relations(formula, merged, pillar):
     """Checks that span keys."""
     if formula == "kamailio" and not merged["sip_addresses"]:
         _fail("kamailio:sip_addresses", "must list at least one address for SIP to listen on")
+    if formula == "nginx" and merged["certificate"] == "letsencrypt" and "@" not in merged["acme_email"]:
+        _fail("nginx:acme_email", "must be an address Let's Encrypt can write to when nginx:certificate is letsencrypt")
     if formula != "pgbouncer":
         return
     # pgBouncer must not open more server connections than PostgreSQL allows.

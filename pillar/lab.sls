@@ -42,3 +42,6 @@ media_standin:
   # Lab tenants use dispatcher set 1: two SIPp stand-ins for FreeSWITCH nodes.
   setid: 1
   addresses: ['127.28.1.1:5080', '127.28.1.2:5080']
+nginx:
+  # Let's Encrypt can't reach the lab: a self-signed certificate for api.gopbx.au.
+  certificate: self_signed

@@ -29,6 +29,7 @@ SECRET_NAMES = {
     "postgres": ["kamailio", "api", "salt", "metrics", "replicator"],
     "redis": ["password"],
     "api": ["jwt_key", "admin_password"],
+    "freeswitch": ["esl_password"],
 }
 
 
@@ -147,6 +148,7 @@ def status():
         ("Kamailio", plan["kamailio"], 8080, "rpc"),
         ("RTPEngine", plan["rtpengine_ng"], 2223, "ng"),
         ("API", plan["api"], 8080, "http"),
+        ("Nginx", plan["nginx"], 443, "https"),
     ]
     print(f"{'service':<12} {'address':<22} {'what':<5} state")
     for label, address, port, what in rows:

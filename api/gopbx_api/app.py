@@ -7,7 +7,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from . import auth, passwords, tenants, xmlcurl
+from . import auth, calls, nodes, passwords, tenants, xmlcurl
 from .db import Database
 from .kamailio import Kamailio
 from .models import TokenRequest
@@ -62,6 +62,8 @@ def create_app(settings, database=None, kamailio=None):
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(tenants.router, dependencies=[Depends(auth.principal)])
+    app.include_router(calls.router)
+    app.include_router(nodes.router)
     # FreeSWITCH nodes authenticate with their own credentials, not tokens.
     app.include_router(xmlcurl.router)
     return app

@@ -21,12 +21,20 @@ class Settings:
     jwt_ttl_seconds: int = 900
     # Platform admins: username -> PBKDF2 password hash (see passwords.hash_password).
     platform_admins: dict = field(default_factory=dict)
+    # FreeSWITCH's event socket on each node (addresses from gopbx.nodes): the
+    # call-events service follows them, hang-up sends uuid_kill.
+    esl_password: str = ""
+    esl_port: int = 8021
+    node_refresh_seconds: float = 10.0
+    # A comment line on idle SSE streams, so proxies and clients see it is alive.
+    sse_heartbeat_seconds: float = 15.0
 
     def __post_init__(self):
         if not self.jwt_keys or any(len(key) < 32 for key in self.jwt_keys):
             raise ValueError("jwt_keys: at least one key, each of 32 characters or more")
-        if self.jwt_ttl_seconds <= 0:
-            raise ValueError("jwt_ttl_seconds must be positive")
+        for name in ("jwt_ttl_seconds", "node_refresh_seconds", "sse_heartbeat_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
 
 
 def load(path=None):

@@ -15,13 +15,13 @@ TENANT_COLUMNS = ("name", "max_calls", "calls_per_second", "enabled")
 ATTRS = {"max_calls": "max_calls", "calls_per_second": "calls_per_second", "enabled": "enabled"}
 
 
-def _own(who, domain):
+def own(who, domain):
     # Checked before any lookup, so a foreign tenant's existence does not leak.
     if not who.may_act_on(domain):
         raise HTTPException(403, detail="this token may not act on that tenant")
 
 
-def _tenant(cursor, domain):
+def tenant_row(cursor, domain):
     cursor.execute("SELECT t.id, t.domain, t.name, t.max_calls, t.calls_per_second, t.enabled, s.setid "
                    "AS dispatcher_set FROM gopbx.tenants t LEFT JOIN gopbx.shard_assignments s "
                    "ON s.tenant_id = t.id WHERE t.domain = %s", (domain,))
@@ -79,9 +79,9 @@ def create_tenant(body: TenantIn, request: Request, who: auth.Principal = Depend
 
 @router.get("/tenants/{domain}")
 def get_tenant(domain: str, request: Request, who: auth.Principal = Depends(auth.principal)):
-    _own(who, domain)
+    own(who, domain)
     with request.app.state.db.transaction() as cursor:
-        return _public(_tenant(cursor, domain))
+        return _public(tenant_row(cursor, domain))
 
 
 @router.patch("/tenants/{domain}")
@@ -91,7 +91,7 @@ def update_tenant(domain: str, body: TenantPatch, request: Request,
     if not changes:
         raise HTTPException(422, detail="nothing to change")
     with request.app.state.db.transaction() as cursor:
-        _tenant(cursor, domain)
+        tenant_row(cursor, domain)
         assignments = ", ".join(f"{column} = %s" for column in changes)
         cursor.execute(f"UPDATE gopbx.tenants SET {assignments}, updated_at = now() WHERE domain = %s",
                        (*changes.values(), domain))
@@ -100,7 +100,7 @@ def update_tenant(domain: str, body: TenantPatch, request: Request,
                 cursor.execute("UPDATE domain_attrs SET value = %s WHERE did = %s AND name = %s",
                                (str(int(value)), domain, ATTRS[column]))
         audit(cursor, who.subject, "update", "tenant", domain, changes)
-        row = _tenant(cursor, domain)
+        row = tenant_row(cursor, domain)
     request.app.state.kamailio.reload_domains()
     return _public(row)
 
@@ -108,7 +108,7 @@ def update_tenant(domain: str, body: TenantPatch, request: Request,
 @router.delete("/tenants/{domain}", status_code=204)
 def delete_tenant(domain: str, request: Request, who: auth.Principal = Depends(auth.platform_admin)):
     with request.app.state.db.transaction() as cursor:
-        _tenant(cursor, domain)
+        tenant_row(cursor, domain)
         cursor.execute("DELETE FROM subscriber WHERE domain = %s", (domain,))
         cursor.execute("DELETE FROM domain_attrs WHERE did = %s", (domain,))
         cursor.execute("DELETE FROM domain WHERE domain = %s", (domain,))
@@ -120,9 +120,9 @@ def delete_tenant(domain: str, request: Request, who: auth.Principal = Depends(a
 @router.get("/tenants/{domain}/extensions")
 def list_extensions(domain: str, request: Request, who: auth.Principal = Depends(auth.principal),
                     limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
-    _own(who, domain)
+    own(who, domain)
     with request.app.state.db.transaction() as cursor:
-        tenant = _tenant(cursor, domain)
+        tenant = tenant_row(cursor, domain)
         cursor.execute("SELECT number, caller_id_name, enabled, count(*) OVER () AS total FROM gopbx.extensions "
                        "WHERE tenant_id = %s ORDER BY number LIMIT %s OFFSET %s", (tenant["id"], limit, offset))
         rows = cursor.fetchall()
@@ -133,11 +133,11 @@ def list_extensions(domain: str, request: Request, who: auth.Principal = Depends
 @router.post("/tenants/{domain}/extensions", status_code=201)
 def create_extension(domain: str, body: ExtensionIn, request: Request,
                      who: auth.Principal = Depends(auth.principal)):
-    _own(who, domain)
+    own(who, domain)
     ha1, ha1b = sip_ha1(body.number, domain, body.password)
     try:
         with request.app.state.db.transaction() as cursor:
-            tenant = _tenant(cursor, domain)
+            tenant = tenant_row(cursor, domain)
             cursor.execute("INSERT INTO gopbx.extensions (tenant_id, number, caller_id_name, enabled) "
                            "VALUES (%s, %s, %s, %s)", (tenant["id"], body.number, body.caller_id_name, body.enabled))
             if body.enabled:
@@ -153,9 +153,9 @@ def create_extension(domain: str, body: ExtensionIn, request: Request,
 
 @router.delete("/tenants/{domain}/extensions/{number}", status_code=204)
 def delete_extension(domain: str, number: str, request: Request, who: auth.Principal = Depends(auth.principal)):
-    _own(who, domain)
+    own(who, domain)
     with request.app.state.db.transaction() as cursor:
-        tenant = _tenant(cursor, domain)
+        tenant = tenant_row(cursor, domain)
         cursor.execute("DELETE FROM gopbx.extensions WHERE tenant_id = %s AND number = %s", (tenant["id"], number))
         if cursor.rowcount == 0:
             raise HTTPException(404, detail="no such extension")

@@ -29,7 +29,7 @@ def lab_secrets():
     return yaml.safe_load((REPO / ".lab" / "pillar" / "site" / "lab.sls").read_text())["secrets"]
 
 
-def make_settings(lab_secrets, keys):
+def make_settings(lab_secrets, keys, **extra):
     return Settings(
         database_dsn=(f"host=127.28.0.12 port=5432 dbname=gopbx user=gopbx_api "
                       f"password={lab_secrets['postgres']['api']}"),
@@ -38,13 +38,14 @@ def make_settings(lab_secrets, keys):
         redis_url=f"redis://:{lab_secrets['redis']['password']}@127.28.0.11:6379/0",
         jwt_keys=keys,
         platform_admins={"admin": passwords.hash_password(ADMIN_PASSWORD)},
+        **extra,
     )
 
 
 @pytest.fixture(scope="session")
 def settings_for(lab_secrets):
-    """Settings for the lab with these JWT keys (the first signs)."""
-    return lambda keys: make_settings(lab_secrets, keys)
+    """Settings for the lab with these JWT keys (the first signs) and any other fields."""
+    return lambda keys, **extra: make_settings(lab_secrets, keys, **extra)
 
 
 @pytest.fixture(scope="session")

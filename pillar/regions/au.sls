@@ -24,3 +24,7 @@ kamailio:
   nonlocal_bind: true
 rtpengine:
   interface_address: 149.28.188.104
+nginx:
+  # api.gopbx.au resolves to the coordinator's public address.
+  extra_listen_addresses: [149.28.188.104]
+  acme_email: ops@gopbx.au

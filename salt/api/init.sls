@@ -67,38 +67,42 @@ api-settings-managed:
     - require:
       - user: api-user-present
 
-api-systemd-unit-managed:
+{%- for name, service in api.services | dictsort %}
+{%- set context = dict(service, name=name, home=home) %}
+
+{{ name }}-systemd-unit-managed:
   file.managed:
-    - name: /etc/systemd/system/gopbx-api.service
-    - source: salt://api/files/gopbx-api.service.jinja
+    - name: /etc/systemd/system/{{ name }}.service
+    - source: salt://api/files/service.unit.jinja
     - template: jinja
-    - context: {home: {{ home }}, address: {{ api.address }}, port: {{ api.port }}, workers: {{ api.workers }}}
+    - context: {{ context | json }}
     - mode: '0644'
 
-api-systemd-reloaded:
+{{ name }}-systemd-reloaded:
   cmd.run:
     - name: systemctl daemon-reload
     - onlyif: test -d /run/systemd/system
     - onchanges:
-      - file: api-systemd-unit-managed
+      - file: {{ name }}-systemd-unit-managed
 
-api-init-script-managed:
+{{ name }}-init-script-managed:
   file.managed:
-    - name: /etc/init.d/gopbx-api
-    - source: salt://api/files/gopbx-api.init.jinja
+    - name: /etc/init.d/{{ name }}
+    - source: salt://api/files/service.init.jinja
     - template: jinja
-    - context: {home: {{ home }}, address: {{ api.address }}, port: {{ api.port }}, workers: {{ api.workers }}}
+    - context: {{ context | json }}
     - mode: '0755'
 
-api-service-running:
+{{ name }}-service-running:
   service.running:
-    - name: gopbx-api
+    - name: {{ name }}
     - enable: True
     - require:
       - cmd: api-requirements-installed
-      - cmd: api-systemd-reloaded
+      - cmd: {{ name }}-systemd-reloaded
     - watch:
       - file: api-code-managed
       - file: api-settings-managed
-      - file: api-init-script-managed
-      - file: api-systemd-unit-managed
+      - file: {{ name }}-init-script-managed
+      - file: {{ name }}-systemd-unit-managed
+{%- endfor %}

@@ -2,6 +2,7 @@
     the Melbourne standby. Kamailio 5.8 from kamailio.org on production,
     Debian 12's 5.6 in the lab. #}
 {%- from 'kamailio/map.jinja' import kamailio with context %}
+{%- from 'macros/tls.jinja' import self_signed_certificate %}
 {%- from 'common/map.jinja' import common with context %}
 
 include:
@@ -48,16 +49,8 @@ kamailio-tls-dir-managed:
       - pkg: kamailio-pkg-installed
 
 {%- if not kamailio.tls_certificate %}
-kamailio-tls-self-signed-created:
-  cmd.run:
-    - name: >-
-        openssl req -x509 -newkey rsa:2048 -nodes -days 3650
-        -subj '/CN={{ kamailio.tls_common_name }}'
-        -keyout {{ kamailio.tls_dir }}/key.pem -out {{ kamailio.tls_dir }}/cert.pem
-        && chgrp kamailio {{ kamailio.tls_dir }}/key.pem && chmod 0640 {{ kamailio.tls_dir }}/key.pem
-    - creates: {{ kamailio.tls_dir }}/cert.pem
-    - require:
-      - file: kamailio-tls-dir-managed
+{{ self_signed_certificate('kamailio-tls-self-signed-created', kamailio.tls_dir, kamailio.tls_common_name,
+                           'kamailio', 'file: kamailio-tls-dir-managed') }}
 {%- endif %}
 
 kamailio-tls-config-managed:

@@ -5,6 +5,7 @@ throwaway directories: a configuration is good when the real program accepts it.
 
 import os
 import shutil
+import re
 import socket
 import subprocess
 import tempfile
@@ -215,3 +216,21 @@ def check_rtpengine(conf):
         finally:
             process.terminate()
             process.wait(timeout=10)
+
+
+def check_nginx(conf, tls_dir="/etc/nginx/tls"):
+    """
+    `nginx -t` on the rendered nginx.conf with a throwaway certificate; returns its
+    output. `nginx -t` binds its listeners, so each address moves to loopback.
+    """
+    addresses = sorted(set(re.findall(r"listen ([0-9.]+):", conf)))
+    for number, address in enumerate(addresses, start=1):
+        conf = conf.replace(f"listen {address}:", f"listen 127.28.250.{number}:")
+    with tempfile.TemporaryDirectory(prefix="gopbx-check-") as tmp:
+        tmp = Path(tmp)
+        _self_signed(tmp)
+        (tmp / "nginx.conf").write_text(conf.replace(tls_dir, str(tmp)).replace("/run/nginx.pid", str(tmp / "pid")))
+        result = subprocess.run(["nginx", "-t", "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "error.log")],
+                                capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        return result.stderr

@@ -86,7 +86,7 @@ def test_every_role_renders_its_formulas(lowstate, minion_id):
     formulas = {chunk["__sls__"] for chunk in chunks}
     expected = {"common"}
     if ROLE_OF[minion_id] == "coordinator":
-        expected |= {"postgres", "pgbouncer", "redis", "rtpengine", "kamailio", "api"}
+        expected |= {"postgres", "pgbouncer", "redis", "rtpengine", "kamailio", "api", "nginx"}
         # The lab's plan is on loopback: the network formula has nothing to do there;
         # and the lab runs SIPp stand-ins where production has FreeSWITCH nodes.
         expected |= {"media_standin"} if minion_id.startswith("lab-") else {"network"}
@@ -180,6 +180,8 @@ def test_lab_needs_no_interface(lowstate):
     ({"roles": ["coordinator", "mystery"]}, "roles"),
     ({"network": {"services": {"postgres": "8.8.8.8"}}}, "network:services:postgres"),
     ({"secrets": {"redis": {"password": None}}}, "secrets:redis:password"),
+    ({"nginx": {"acme_email": ""}}, "nginx:acme_email"),
+    ({"nginx": {"server_name": "API.GoPBX"}}, "nginx:server_name"),
 ])
 def test_bad_pillar_fails_the_render_naming_the_key(env, override, key):
     # A dry run: if the render wrongly passed, nothing would be changed anyway.
@@ -239,5 +241,24 @@ def test_the_api_is_configured_for_the_plan(env, rendered, minion_id):
     assert settings["redis_url"] == f"redis://:{secrets['redis']['password']}@{net}.11:6379/0"
     assert settings["jwt_keys"] == [secrets["api"]["jwt_key"]]
     assert settings["platform_admins"] == {"admin": secrets["api"]["admin_password_hash"]}
+    assert settings["esl_password"] == secrets["freeswitch"]["esl_password"] and settings["esl_port"] == 8021
     for unit in (files["/etc/systemd/system/gopbx-api.service"], files["/etc/init.d/gopbx-api"]):
         assert f"--host {net}.30" in unit and "--port 8080" in unit
+    for unit in (files["/etc/systemd/system/gopbx-call-events.service"], files["/etc/init.d/gopbx-call-events"]):
+        assert "/opt/gopbx/api/venv/bin/python" in unit and "-m gopbx_api.call_events" in unit
+
+
+@pytest.mark.parametrize("minion_id", COORDINATORS)
+def test_nginx_terminates_https_for_the_api_and_grafana(rendered, minion_id):
+    conf = rendered(minion_id)["/etc/nginx/nginx.conf"]
+    net = "127.28.0" if minion_id.startswith("lab-") else "172.28.0"
+    listens = [f"{net}.13"] + ([] if minion_id.startswith("lab-") else ["149.28.188.104"])
+    for address in listens:
+        assert f"listen {address}:80;" in conf and f"listen {address}:443 ssl http2;" in conf
+    assert "listen 80" not in conf and "0.0.0.0" not in conf  # never every address
+    assert "server_name api.gopbx.au;" in conf and f"server {net}.30:8080;" in conf
+    assert f"proxy_pass http://{net}.41:3000;" in conf
+    sse = conf[conf.index("/events$"):]
+    assert "proxy_buffering off;" in sse[:sse.index("}")] and "proxy_read_timeout 3600s;" in sse[:sse.index("}")]
+    assert "client_max_body_size 64k;" in conf and "Strict-Transport-Security" in conf
+    assert "nginx: the configuration file" in checkers.check_nginx(conf)

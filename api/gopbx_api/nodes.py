@@ -1,0 +1,33 @@
+"""Read-only views for platform admins: media nodes and which set serves which tenant (Salt writes both)."""
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from . import auth
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(auth.platform_admin)])
+
+
+def _page(request, query, params, limit, offset):
+    with request.app.state.db.transaction() as cursor:
+        cursor.execute(f"{query} LIMIT %s OFFSET %s", (*params, limit, offset))
+        rows = cursor.fetchall()
+    return {"items": [{k: v for k, v in row.items() if k != "total"} for row in rows],
+            "total": rows[0]["total"] if rows else 0, "limit": limit, "offset": offset}
+
+
+@router.get("/nodes")
+def list_nodes(request: Request, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
+               setid: int | None = Query(None, ge=1), state: str | None = Query(None, pattern="^(active|draining|removed)$")):
+    return _page(request, "SELECT minion_id, host(address) AS address, sip_port, setid, capacity, state, "
+                          "registered_at, updated_at, count(*) OVER () AS total FROM gopbx.nodes "
+                          "WHERE (%s::int IS NULL OR setid = %s) AND (%s::text IS NULL OR state = %s) "
+                          "ORDER BY minion_id", (setid, setid, state, state), limit, offset)
+
+
+@router.get("/shard-assignments")
+def list_shard_assignments(request: Request, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
+                           setid: int | None = Query(None, ge=1)):
+    return _page(request, "SELECT t.domain AS tenant, s.setid, s.assigned_at, s.assigned_by, "
+                          "count(*) OVER () AS total FROM gopbx.shard_assignments s "
+                          "JOIN gopbx.tenants t ON t.id = s.tenant_id WHERE (%s::int IS NULL OR s.setid = %s) "
+                          "ORDER BY t.domain", (setid, setid), limit, offset)
