@@ -80,5 +80,6 @@ async def call_events(domain: str, request: Request, who: auth.Principal = Depen
             await pubsub.aclose()
             await client.aclose()
 
+    # Nginx's events location turns buffering off; the header says so to any other proxy too.
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,8 +1,18 @@
 """Request and response bodies. Unknown fields, wrong types and bad values are refused (422)."""
 
 import re
+from typing import Annotated
 
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# PostgreSQL's integer: a larger number must be refused here, not fail in the database.
+PG_INT_MAX = 2**31 - 1
+
+# Pagination and filters shared by the list endpoints.
+Limit = Annotated[int, Query(ge=1, le=500)]
+Offset = Annotated[int, Query(ge=0, le=PG_INT_MAX)]
+SetIdFilter = Annotated[int | None, Query(ge=1, le=PG_INT_MAX)]
 
 DOMAIN = re.compile(r"^(?=.{4,64}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
@@ -21,7 +31,7 @@ class TenantIn(Strict):
     name: str = Field(min_length=1, max_length=200)
     max_calls: int = Field(ge=1, le=10000)
     calls_per_second: int = Field(ge=1, le=1000)
-    dispatcher_set: int = Field(ge=1)
+    dispatcher_set: int = Field(ge=1, le=PG_INT_MAX)
     enabled: bool = True
 
     @field_validator("domain")

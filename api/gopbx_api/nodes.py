@@ -3,6 +3,7 @@
 from fastapi import APIRouter, Depends, Query, Request
 
 from . import auth
+from .models import Limit, Offset, SetIdFilter
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(auth.platform_admin)])
 
@@ -16,8 +17,8 @@ def _page(request, query, params, limit, offset):
 
 
 @router.get("/nodes")
-def list_nodes(request: Request, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
-               setid: int | None = Query(None, ge=1), state: str | None = Query(None, pattern="^(active|draining|removed)$")):
+def list_nodes(request: Request, limit: Limit = 50, offset: Offset = 0,
+               setid: SetIdFilter = None, state: str | None = Query(None, pattern="^(active|draining|removed)$")):
     return _page(request, "SELECT minion_id, host(address) AS address, sip_port, setid, capacity, state, "
                           "registered_at, updated_at, count(*) OVER () AS total FROM gopbx.nodes "
                           "WHERE (%s::int IS NULL OR setid = %s) AND (%s::text IS NULL OR state = %s) "
@@ -25,8 +26,8 @@ def list_nodes(request: Request, limit: int = Query(50, ge=1, le=500), offset: i
 
 
 @router.get("/shard-assignments")
-def list_shard_assignments(request: Request, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
-                           setid: int | None = Query(None, ge=1)):
+def list_shard_assignments(request: Request, limit: Limit = 50, offset: Offset = 0,
+                           setid: SetIdFilter = None):
     return _page(request, "SELECT t.domain AS tenant, s.setid, s.assigned_at, s.assigned_by, "
                           "count(*) OVER () AS total FROM gopbx.shard_assignments s "
                           "JOIN gopbx.tenants t ON t.id = s.tenant_id WHERE (%s::int IS NULL OR s.setid = %s) "

@@ -5,7 +5,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from . import auth
 from .db import audit
-from .models import ExtensionIn, TenantIn, TenantPatch
+from .models import ExtensionIn, Limit, Offset, TenantIn, TenantPatch
 from .passwords import sip_ha1
 
 router = APIRouter(prefix="/v1")
@@ -37,7 +37,7 @@ def _public(row):
 
 @router.get("/tenants")
 def list_tenants(request: Request, who: auth.Principal = Depends(auth.platform_admin),
-                 limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
+                 limit: Limit = 50, offset: Offset = 0,
                  enabled: bool | None = None, domain_prefix: str = Query("", max_length=64)):
     with request.app.state.db.transaction() as cursor:
         cursor.execute("SELECT t.domain, t.name, t.max_calls, t.calls_per_second, t.enabled, s.setid AS "
@@ -119,7 +119,7 @@ def delete_tenant(domain: str, request: Request, who: auth.Principal = Depends(a
 
 @router.get("/tenants/{domain}/extensions")
 def list_extensions(domain: str, request: Request, who: auth.Principal = Depends(auth.principal),
-                    limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
+                    limit: Limit = 50, offset: Offset = 0):
     own(who, domain)
     with request.app.state.db.transaction() as cursor:
         tenant = tenant_row(cursor, domain)
