@@ -1,6 +1,7 @@
 """Tell Kamailio what changed, over its JSONRPC on the internal address."""
 
 import logging
+import threading
 
 import requests
 
@@ -8,8 +9,20 @@ log = logging.getLogger(__name__)
 
 
 class Kamailio:
-    def __init__(self, url):
+    """
+    Tenant writes ask for a domain reload; one thread per worker does them, at most
+    one per `min_interval` seconds. A reload reads every domain and attribute, so
+    one per write made bulk provisioning quadratic (8,000 tenants: ~3 writes/s);
+    coalesced, a burst of writes costs one reload, and a tenant is routable within
+    about a second of the API's answer.
+    """
+
+    def __init__(self, url, min_interval=1.0):
         self.url = url
+        self.min_interval = min_interval
+        self._wanted = threading.Event()
+        self.reloads = 0
+        threading.Thread(target=self._reloader, name="kamailio-domain-reload", daemon=True).start()
 
     def rpc(self, method, *params):
         reply = requests.post(self.url, json={"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1},
@@ -20,10 +33,17 @@ class Kamailio:
 
     def reload_domains(self):
         """Tenants live in Kamailio's domain cache; accounts are read from the database each time."""
-        try:
-            self.rpc("domain.reload")
-        except (requests.RequestException, RuntimeError) as exc:
-            # The write stands; the next reload (or Kamailio's restart) picks it up.
-            log.error("Kamailio domain.reload failed: %s", exc)
-            return False
-        return True
+        self._wanted.set()
+
+    def _reloader(self):
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            try:
+                self.rpc("domain.reload")
+                self.reloads += 1
+            except (requests.RequestException, RuntimeError, ValueError) as exc:
+                # The write stands; retry shortly (a restarted Kamailio loads everything anyway).
+                log.error("Kamailio domain.reload failed: %s", exc)
+                self._wanted.set()
+            threading.Event().wait(self.min_interval)

@@ -4,8 +4,12 @@ import base64
 import hashlib
 import hmac
 import os
+import time
 
 ITERATIONS = 200_000
+# Successful checks remembered this long (see verify_password_cached).
+VERIFIED_TTL_SECONDS = 300
+_verified = {}
 
 
 def hash_password(password, salt=None, iterations=ITERATIONS):
@@ -23,6 +27,25 @@ def verify_password(password, stored):
         return False
     expected = hash_password(password, base64.b64decode(salt), int(iterations))
     return hmac.compare_digest(expected.split("$")[3], digest)
+
+
+def verify_password_cached(password, stored):
+    """
+    verify_password, remembering a success for a while: a FreeSWITCH node sends its
+    credentials with every xml_curl request, and PBKDF2 costs ~100 ms by design.
+    Keyed by the stored hash too, so a changed password is checked afresh; failures
+    are never remembered, so guessing stays as slow as ever.
+    """
+    key = hashlib.sha256(stored.encode() + b"\0" + password.encode()).digest()
+    now = time.monotonic()
+    if _verified.get(key, 0) > now:
+        return True
+    if not verify_password(password, stored):
+        return False
+    if len(_verified) > 4096:
+        _verified.clear()
+    _verified[key] = now + VERIFIED_TTL_SECONDS
+    return True
 
 
 def sip_ha1(user, realm, password):

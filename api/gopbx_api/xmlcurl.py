@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from .models import DOMAIN
-from .passwords import verify_password
+from .passwords import verify_password_cached
 
 router = APIRouter(prefix="/v1")
 basic = HTTPBasic(auto_error=False)
@@ -35,7 +35,7 @@ def media_node(request: Request, credentials: HTTPBasicCredentials | None = Depe
         node = cursor.fetchone()
     # Verify a hash even for an unknown node, so timing does not tell which nodes exist.
     stored = node["xml_curl_password_hash"] if node and node["xml_curl_password_hash"] else _DUMMY_HASH
-    if not verify_password(credentials.password, stored) or node is None:
+    if not verify_password_cached(credentials.password, stored) or node is None:
         raise refused
     if request.client is None or request.client.host != node["address"]:
         raise HTTPException(403, detail="not from that node's address")

@@ -64,7 +64,18 @@ def test_a_tenant_is_created_in_one_transaction_and_kamailio_knows_it(client, ad
         cursor.execute("SELECT actor, action FROM gopbx.audit WHERE object_id = %s AND id > %s",
                        (A, tenant_a["audit_since"]))
         assert cursor.fetchall() == [{"actor": "admin", "action": "create"}]
-    assert A in str(app.state.kamailio.rpc("domain.dump"))
+    # Kamailio reloads its domains within about a second of the answer.
+    assert sip.wait_for(lambda: A in str(app.state.kamailio.rpc("domain.dump")), timeout=5)
+
+
+def test_a_burst_of_tenant_writes_costs_few_domain_reloads(app):
+    kamailio = app.state.kamailio
+    before = kamailio.reloads
+    for _ in range(200):
+        kamailio.reload_domains()
+    assert sip.wait_for(lambda: kamailio.reloads > before, timeout=5)
+    time.sleep(kamailio.min_interval * 1.5)
+    assert 1 <= kamailio.reloads - before <= 2
 
 
 def test_a_duplicate_tenant_is_409_and_writes_nothing(client, admin, app, tenant_a):

@@ -61,6 +61,7 @@ def tenant(https):
     body = {"domain": TENANT, "name": "End to end", "max_calls": 4, "calls_per_second": 20, "dispatcher_set": 1}
     reply = https.request("POST", "/v1/tenants", json=body)
     assert reply.status_code == 201, reply.text
+    assert sip.wait_for(lambda: TENANT in str(sip.rpc("domain.dump")), timeout=5), "Kamailio never loaded it"
     return TENANT
 
 

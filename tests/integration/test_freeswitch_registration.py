@@ -1,0 +1,187 @@
+"""
+Self-registration of FreeSWITCH nodes, the production way: a real salt-master with
+this tree's reactor and runner, minions that fire `gopbx/freeswitch/ready`, and the
+lab's real PostgreSQL (through pgBouncer, as gopbx_salt) and Kamailio.
+"""
+
+import json
+import statistics
+import time
+
+import pytest
+
+from tests.support import REPO, fake_secrets
+from tests.system import sip
+from tests.system.conftest import lab  # noqa: F401  (the lab, brought up by its own command)
+
+SYD_SET, MEL_SET = 401, 402
+NODE_NETWORK = "127.28.5.0/24"
+TAG = "gopbx/freeswitch/ready"
+
+
+def dispatcher_uris():
+    uris = set()
+    for record in (sip.rpc("dispatcher.list") or {}).get("RECORDS", []):
+        uris |= {target["DEST"]["URI"] for target in record["SET"]["TARGETS"]}
+    return uris
+
+
+def node_rows(secrets):
+    with sip.db(secrets, "gopbx_salt") as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT minion_id, host(address), setid, state FROM gopbx.nodes "
+                       "WHERE minion_id LIKE 'fs-%%' AND address << %s ORDER BY minion_id", (NODE_NETWORK,))
+        return cursor.fetchall()
+
+
+def clean(secrets):
+    with sip.db(secrets, "gopbx_salt") as conn, conn.cursor() as cursor:
+        cursor.execute("DELETE FROM dispatcher WHERE destination LIKE 'sip:127.28.5.%%'")
+        cursor.execute("DELETE FROM gopbx.nodes WHERE address << %s", (NODE_NETWORK,))
+        cursor.execute("DELETE FROM gopbx.dispatcher_sets WHERE setid IN (%s, %s)", (SYD_SET, MEL_SET))
+    # Kamailio takes one dispatcher reload in five seconds.
+    assert wait_for(lambda: _reloaded(), timeout=10)
+
+
+def _reloaded():
+    try:
+        sip.rpc("dispatcher.reload")
+    except RuntimeError as exc:
+        if "Ongoing reload" in str(exc):
+            return False
+        raise
+    return True
+
+
+@pytest.fixture(scope="module")
+def secrets(lab):  # noqa: F811
+    secrets = lab["secrets"]
+    clean(secrets)
+    with sip.db(secrets, "gopbx_salt") as conn, conn.cursor() as cursor:
+        for setid, region in ((SYD_SET, "syd"), (MEL_SET, "mel")):
+            cursor.execute("INSERT INTO gopbx.dispatcher_sets (setid, region, description) VALUES (%s, %s, %s)",
+                           (setid, region, f"regtest {region}"))
+    yield secrets
+    clean(secrets)
+
+
+@pytest.fixture(scope="module")
+def master(salt_factories, secrets, tmp_path_factory):
+    site = tmp_path_factory.mktemp("site-pillar")
+    (site / "site").mkdir()
+    (site / "site" / "au.sls").write_text(json.dumps({"secrets": fake_secrets()}))
+    config = {
+        "file_roots": {"base": [str(REPO / "salt"), str(REPO)]},
+        "file_ignore_regex": [r"/\.git($|/)", r"/\.venv($|/)", r"/\.lab($|/)"],
+        "pillar_roots": {"base": [str(REPO / "pillar"), str(site)]},
+        "runner_dirs": [str(REPO / "_runners")],
+        "reactor": [{TAG: [str(REPO / "reactor" / "freeswitch-ready.sls")]}],
+        "interface": "127.0.0.1",
+        "gopbx": {
+            "database_dsn": (f"host=127.28.0.12 port=5432 dbname=gopbx user=gopbx_salt "
+                             f"password={secrets['postgres']['salt']}"),
+            "kamailio_rpc_url": sip.RPC_URL,
+            "redis_url": f"redis://:{secrets['redis']['password']}@127.28.0.11:6379/0",
+            "allowed_networks": [NODE_NETWORK],
+        },
+    }
+    factory = salt_factories.salt_master_daemon("gopbx-reg-master", overrides=config)
+    with factory.started():
+        yield factory
+
+
+def minion(master, minion_id):
+    return master.salt_minion_daemon(minion_id, overrides={"master": "127.0.0.1"})
+
+
+def fire(factory, payload):
+    result = factory.salt_call_cli().run("event.send", TAG, json.dumps(payload))
+    assert result.returncode == 0, result.stderr
+
+
+def wait_for(check, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return check()
+
+
+def test_a_ready_node_is_registered_and_kamailio_routes_to_it(master, secrets):
+    node = minion(master, "fs-syd-1")
+    with node.started():
+        # A node claiming a set of its own choosing is placed by the master anyway.
+        fire(node, {"address": "127.28.5.1", "capacity": 200, "setid": MEL_SET})
+        assert wait_for(lambda: "sip:127.28.5.1:5080" in dispatcher_uris()), "never reached Kamailio's dispatcher"
+    assert node_rows(secrets) == [("fs-syd-1", "127.28.5.1", SYD_SET, "active")]
+    with sip.db(secrets, "gopbx_salt") as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT actor, detail FROM gopbx.audit WHERE action = 'register' AND object_id = 'fs-syd-1' "
+                       "ORDER BY id DESC LIMIT 1")
+        assert cursor.fetchone() == ("salt-master", {"address": "127.28.5.1", "setid": SYD_SET, "capacity": 200})
+    nodes = master.salt_run_cli().run("gopbx.nodes").data
+    assert nodes["fs-syd-1"]["state"] == "active" and nodes["fs-syd-1"]["kamailio"] != "absent"
+
+
+def test_a_stranger_or_a_malformed_event_changes_nothing(master, secrets):
+    before = node_rows(secrets)
+    stranger = minion(master, "evil-1")
+    with stranger.started():
+        fire(stranger, {"address": "127.28.5.66", "capacity": 10})
+    node = minion(master, "fs-syd-2")
+    with node.started():
+        for payload in ({"address": "10.9.9.9", "capacity": 10},      # outside the allowed networks
+                        {"address": "127.28.5.2", "capacity": "lots"},  # not a number
+                        {"address": "not-an-address"}):
+            fire(node, payload)
+    # The runner logs each refusal on the master.
+    log_file = master.config["log_file"]
+    assert wait_for(lambda: open(log_file, errors="replace").read().count("gopbx/freeswitch/ready from") >= 4), \
+        "the master did not log four refusals"
+    log = open(log_file, errors="replace").read()
+    for reason in ("'evil-1' refused: the minion id", "outside the allowed networks", "capacity 'lots'",
+                   "'not-an-address' is not an IP address"):
+        assert reason in log
+    assert node_rows(secrets) == before
+    assert not {uri for uri in dispatcher_uris() if uri.startswith("sip:127.28.5.") and uri != "sip:127.28.5.1:5080"}
+    run = master.salt_run_cli()
+    assert run.run("gopbx.register", event=json.dumps({"id": "evil-1", "data": {"address": "127.28.5.66",
+                                                                               "capacity": 10}})).data == {
+        "registered": False, "node": "evil-1", "reason": "the minion id is not fs-<region>-<n>"}
+    refused = run.run("gopbx.register", event=json.dumps({"id": "fs-syd-9", "data": {"address": "127.28.5.9",
+                                                                                    "capacity": 10}})).data
+    assert refused["registered"] is False and refused["reason"] == "the minion's key is not accepted"
+    assert run.run("gopbx.register", event="{not json").data["reason"] == "the event is not JSON"
+
+
+def test_drain_and_deregister_take_a_node_out(master, secrets):
+    node = minion(master, "fs-mel-1")
+    with node.started():
+        fire(node, {"address": "127.28.5.3", "capacity": 50})
+        assert wait_for(lambda: "sip:127.28.5.3:5080" in dispatcher_uris())
+    run = master.salt_run_cli()
+    drained = run.run("gopbx.drain", "fs-mel-1", "timeout=1", "poll=0.2").data
+    assert drained == {"deregistered": True, "node": "fs-mel-1", "drained": True, "calls_left": 0}
+    assert "sip:127.28.5.3:5080" not in dispatcher_uris()
+    assert ("fs-mel-1", "127.28.5.3", MEL_SET, "removed") in node_rows(secrets)
+    assert run.run("gopbx.deregister", "fs-syd-1").data == {"deregistered": True, "node": "fs-syd-1"}
+    assert "sip:127.28.5.1:5080" not in dispatcher_uris()
+    unknown = run.run("gopbx.deregister", "fs-syd-77")
+    assert "no media node 'fs-syd-77'" in (unknown.stdout + unknown.stderr)
+
+
+def test_time_from_ready_event_to_kamailio(master, secrets, record_property):
+    """The measure issue 5 asks for: median over several runs (printed, not asserted on time)."""
+    node = minion(master, "fs-syd-5")
+    seconds = []
+    with node.started():
+        for _ in range(5):
+            run = master.salt_run_cli()
+            run.run("gopbx.deregister", "fs-syd-5")
+            assert wait_for(lambda: "sip:127.28.5.5:5080" not in dispatcher_uris())
+            time.sleep(5.5)  # past Kamailio's one-reload-in-five-seconds limit, which isn't what we measure
+            started = time.monotonic()
+            fire(node, {"address": "127.28.5.5", "capacity": 20})
+            assert wait_for(lambda: "sip:127.28.5.5:5080" in dispatcher_uris())
+            seconds.append(time.monotonic() - started)
+    record_property("ready_to_dispatcher_median_s", statistics.median(seconds))
+    print(f"\nready event -> Kamailio dispatcher.list: median {statistics.median(seconds):.2f} s of {seconds}")
