@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from . import auth, esl
 from .call_events import CallStore, events_channel
 from .db import audit
+from .models import DomainPath
 from .tenants import own, tenant_row
 
 router = APIRouter(prefix="/v1")
@@ -24,14 +25,14 @@ def _existing_tenant(request, who, domain):
 
 
 @router.get("/tenants/{domain}/calls")
-def live_calls(domain: str, request: Request, who: auth.Principal = Depends(auth.principal)):
+def live_calls(domain: DomainPath, request: Request, who: auth.Principal = Depends(auth.principal)):
     _existing_tenant(request, who, domain)
     calls = CallStore(request.app.state.redis).live(domain)
     return {"items": calls, "total": len(calls)}
 
 
 @router.delete("/tenants/{domain}/calls/{call_uuid}", status_code=204)
-def hang_up(domain: str, call_uuid: str, request: Request, who: auth.Principal = Depends(auth.principal)):
+def hang_up(domain: DomainPath, call_uuid: str, request: Request, who: auth.Principal = Depends(auth.principal)):
     _existing_tenant(request, who, domain)
     if not UUID.match(call_uuid):
         raise HTTPException(422, detail="a call is named by its lower-case UUID")
@@ -58,7 +59,7 @@ def hang_up(domain: str, call_uuid: str, request: Request, who: auth.Principal =
 
 @router.get("/tenants/{domain}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
-async def call_events(domain: str, request: Request, who: auth.Principal = Depends(auth.principal)):
+async def call_events(domain: DomainPath, request: Request, who: auth.Principal = Depends(auth.principal)):
     """Server-sent events: created, answered, hung_up; a comment line as heartbeat."""
     await asyncio.to_thread(_existing_tenant, request, who, domain)
     heartbeat = request.app.state.settings.sse_heartbeat_seconds

@@ -3,7 +3,7 @@
 import re
 from typing import Annotated
 
-from fastapi import Query
+from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # PostgreSQL's integer: a larger number must be refused here, not fail in the database.
@@ -14,11 +14,24 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 Offset = Annotated[int, Query(ge=0, le=PG_INT_MAX)]
 SetIdFilter = Annotated[int | None, Query(ge=1, le=PG_INT_MAX)]
 
+# Path parameters are checked before any lookup (a NUL byte once reached psycopg2: a 500).
+DomainPath = Annotated[str, Path(min_length=4, max_length=64,
+                                 pattern=r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")]
+NumberPath = Annotated[str, Path(pattern=r"^[0-9]{2,15}$")]
+
 DOMAIN = re.compile(r"^(?=.{4,64}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*")
+    @classmethod
+    def no_nul_bytes(cls, value):
+        # PostgreSQL text can't hold NUL: refuse it here rather than fail in psycopg2.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class TokenRequest(Strict):

@@ -5,7 +5,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from . import auth
 from .db import audit
-from .models import ExtensionIn, Limit, Offset, TenantIn, TenantPatch
+from .models import DomainPath, ExtensionIn, Limit, NumberPath, Offset, TenantIn, TenantPatch
 from .passwords import sip_ha1
 
 router = APIRouter(prefix="/v1")
@@ -38,7 +38,7 @@ def _public(row):
 @router.get("/tenants")
 def list_tenants(request: Request, who: auth.Principal = Depends(auth.platform_admin),
                  limit: Limit = 50, offset: Offset = 0,
-                 enabled: bool | None = None, domain_prefix: str = Query("", max_length=64)):
+                 enabled: bool | None = None, domain_prefix: str = Query("", max_length=64, pattern=r"^[a-z0-9.-]*$")):
     with request.app.state.db.transaction() as cursor:
         cursor.execute("SELECT t.domain, t.name, t.max_calls, t.calls_per_second, t.enabled, s.setid AS "
                        "dispatcher_set, count(*) OVER () AS total FROM gopbx.tenants t LEFT JOIN "
@@ -78,14 +78,14 @@ def create_tenant(body: TenantIn, request: Request, who: auth.Principal = Depend
 
 
 @router.get("/tenants/{domain}")
-def get_tenant(domain: str, request: Request, who: auth.Principal = Depends(auth.principal)):
+def get_tenant(domain: DomainPath, request: Request, who: auth.Principal = Depends(auth.principal)):
     own(who, domain)
     with request.app.state.db.transaction() as cursor:
         return _public(tenant_row(cursor, domain))
 
 
 @router.patch("/tenants/{domain}")
-def update_tenant(domain: str, body: TenantPatch, request: Request,
+def update_tenant(domain: DomainPath, body: TenantPatch, request: Request,
                   who: auth.Principal = Depends(auth.platform_admin)):
     changes = body.model_dump(exclude_none=True)
     if not changes:
@@ -106,7 +106,7 @@ def update_tenant(domain: str, body: TenantPatch, request: Request,
 
 
 @router.delete("/tenants/{domain}", status_code=204)
-def delete_tenant(domain: str, request: Request, who: auth.Principal = Depends(auth.platform_admin)):
+def delete_tenant(domain: DomainPath, request: Request, who: auth.Principal = Depends(auth.platform_admin)):
     with request.app.state.db.transaction() as cursor:
         tenant_row(cursor, domain)
         cursor.execute("DELETE FROM subscriber WHERE domain = %s", (domain,))
@@ -118,7 +118,7 @@ def delete_tenant(domain: str, request: Request, who: auth.Principal = Depends(a
 
 
 @router.get("/tenants/{domain}/extensions")
-def list_extensions(domain: str, request: Request, who: auth.Principal = Depends(auth.principal),
+def list_extensions(domain: DomainPath, request: Request, who: auth.Principal = Depends(auth.principal),
                     limit: Limit = 50, offset: Offset = 0):
     own(who, domain)
     with request.app.state.db.transaction() as cursor:
@@ -131,7 +131,7 @@ def list_extensions(domain: str, request: Request, who: auth.Principal = Depends
 
 
 @router.post("/tenants/{domain}/extensions", status_code=201)
-def create_extension(domain: str, body: ExtensionIn, request: Request,
+def create_extension(domain: DomainPath, body: ExtensionIn, request: Request,
                      who: auth.Principal = Depends(auth.principal)):
     own(who, domain)
     ha1, ha1b = sip_ha1(body.number, domain, body.password)
@@ -152,7 +152,7 @@ def create_extension(domain: str, body: ExtensionIn, request: Request,
 
 
 @router.delete("/tenants/{domain}/extensions/{number}", status_code=204)
-def delete_extension(domain: str, number: str, request: Request, who: auth.Principal = Depends(auth.principal)):
+def delete_extension(domain: DomainPath, number: NumberPath, request: Request, who: auth.Principal = Depends(auth.principal)):
     own(who, domain)
     with request.app.state.db.transaction() as cursor:
         tenant = tenant_row(cursor, domain)

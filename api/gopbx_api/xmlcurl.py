@@ -7,6 +7,7 @@ to its (empty) static XML. Only registered FreeSWITCH nodes may ask: HTTP Basic
 credentials per node (its minion id and password) from the node's own address.
 """
 
+import re
 from xml.etree import ElementTree as ET
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -18,6 +19,7 @@ from .passwords import verify_password_cached
 
 router = APIRouter(prefix="/v1")
 basic = HTTPBasic(auto_error=False)
+NODE_ID = re.compile(r"^fs-[a-z]+-[0-9]+$")
 XML = "text/xml"
 NOT_FOUND = ('<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n<document type="freeswitch/xml">'
              '<section name="result"><result status="not found"/></section></document>')
@@ -27,7 +29,7 @@ def media_node(request: Request, credentials: HTTPBasicCredentials | None = Depe
     """The calling FreeSWITCH node: known, active, from its own address, with its password."""
     refused = HTTPException(401, detail="FreeSWITCH node credentials required",
                             headers={"WWW-Authenticate": "Basic"})
-    if credentials is None:
+    if credentials is None or not NODE_ID.match(credentials.username):
         raise refused
     with request.app.state.db.transaction() as cursor:
         cursor.execute("SELECT minion_id, host(address) AS address, xml_curl_password_hash FROM gopbx.nodes "
