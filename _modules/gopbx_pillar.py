@@ -25,7 +25,7 @@ ROLE_STATES = {
     "coordinator": ["network", "postgres", "pgbouncer", "redis", "rtpengine", "kamailio", "api", "nginx"],
     "kamailio-standby": ["kamailio"],
     "pg-replica": [],
-    "freeswitch": [],
+    "freeswitch": ["freeswitch", "freeswitch.ready"],
     # Lab only: SIPp stand-ins in place of FreeSWITCH media nodes (no Debian 12 package).
     "media-standin": ["media_standin"],
 }
@@ -146,6 +146,25 @@ def _hostname(value):
     return value
 
 
+def _address_or_empty(value):
+    return value if value == "" else _address(value)
+
+
+_IDENTIFIER = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+def _identifier(value):
+    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+        raise ValueError(f"must be a lower-case name (letters, digits, '-', '_'), got {value!r}")
+    return value
+
+
+def _module_name(value):
+    if not isinstance(value, str) or not re.match(r"^mod_[a-z0-9_]+$", value):
+        raise ValueError(f"must name FreeSWITCH modules as mod_<name>, got {value!r}")
+    return value
+
+
 def _list_of(check):
     def check_list(value):
         if not isinstance(value, list):
@@ -224,6 +243,25 @@ SCHEMA = {
         "sse_read_timeout_seconds": _positive_int,
         "token_requests_per_second": _positive_int,
         "tls_dir": _text,
+    },
+    "freeswitch": {
+        "repo": _boolean,
+        "version": _version,
+        "node_network": _network,
+        "node_address": _address_or_empty,
+        "capacity": _positive_int,
+        "sessions_per_second": _positive_int,
+        "sip_port": _port,
+        "esl_port": _port,
+        "rtp_ports": _port_range,
+        "extra_kamailio_addresses": _list_of(_address),
+        "extra_coordinator_addresses": _list_of(_address),
+        "profile": _identifier,
+        "inbound_context": _identifier,
+        "srtp": _boolean,
+        "xml_curl_timeout_seconds": _positive_int,
+        "modules": _list_of(_module_name),
+        "config_dir": _text,
     },
     "media_standin": {
         "setid": _positive_int,
@@ -402,6 +440,8 @@ def _check_relations(formula, merged, pillar):
         _fail("kamailio:sip_addresses", "must list at least one address for SIP to listen on")
     if formula == "nginx" and merged["certificate"] == "letsencrypt" and "@" not in merged["acme_email"]:
         _fail("nginx:acme_email", "must be an address Let's Encrypt can write to when nginx:certificate is letsencrypt")
+    if formula == "freeswitch":
+        _check_freeswitch(merged, pillar)
     if formula != "pgbouncer":
         return
     # pgBouncer must not open more server connections than PostgreSQL allows.
@@ -414,6 +454,18 @@ def _check_relations(formula, merged, pillar):
         )
     if merged["default_pool_size"] > merged["max_db_connections"]:
         _fail("pgbouncer:default_pool_size", "must not exceed pgbouncer:max_db_connections")
+
+
+def _check_freeswitch(merged, pillar):
+    if merged["repo"] and not _lookup(pillar, "secrets:freeswitch:signalwire_token"):
+        _fail("secrets:freeswitch:signalwire_token",
+              "is missing: SignalWire's repository (freeswitch:repo) needs its token")
+    if merged["node_address"] and _address(merged["node_address"]) not in _network(merged["node_network"]):
+        _fail("freeswitch:node_address", f"is {merged['node_address']}, outside freeswitch:node_network "
+              f"({merged['node_network']})")
+    for key in ("mod_sofia", "mod_xml_curl", "mod_event_socket", "mod_hash"):
+        if key not in merged["modules"]:
+            _fail("freeswitch:modules", f"must load {key}: the node cannot work without it")
 
 
 def states(pillar=None):

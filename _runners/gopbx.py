@@ -39,6 +39,8 @@ except ImportError:
 log = logging.getLogger(__name__)
 __virtualname__ = "gopbx"
 NODE_ID = re.compile(r"^fs-([a-z]+)-([0-9]+)$")
+# The node's xml_curl password hash (gopbx_freeswitch.xml_curl_credentials), as the API stores it.
+PASSWORD_HASH = re.compile(r"^pbkdf2_sha256\$[0-9]{5,7}\$[A-Za-z0-9+/]{22}==\$[A-Za-z0-9+/]{43}=$")
 ACTOR = "salt-master"
 
 
@@ -97,7 +99,7 @@ def _accepted(minion_id):
 
 
 def _check_ready_event(event, settings):
-    """(minion id, address, capacity) from a ready event, or a reason to refuse it."""
+    """(minion id, address, capacity, password hash) from a ready event, or a reason to refuse it."""
     if not isinstance(event, dict):
         return None, "the event is not a mapping"
     minion_id = event.get("id")
@@ -118,7 +120,10 @@ def _check_ready_event(event, settings):
     capacity = payload.get("capacity")
     if type(capacity) is not int or not 1 <= capacity <= 100000:
         return None, f"capacity {capacity!r} is not a whole number from 1 to 100000"
-    return (minion_id, str(address), capacity), None
+    password_hash = payload.get("xml_curl_password_hash")
+    if not isinstance(password_hash, str) or not PASSWORD_HASH.match(password_hash):
+        return None, "xml_curl_password_hash is not a PBKDF2-SHA256 hash"
+    return (minion_id, str(address), capacity, password_hash), None
 
 
 def _placement(cursor, settings, minion_id):
@@ -144,7 +149,8 @@ def register(event=None):
 
     .. code-block:: bash
 
-        salt-run gopbx.register event='{"id": "fs-syd-1", "data": {"address": "172.28.0.50", "capacity": 200}}'
+        salt-run gopbx.register event='{"id": "fs-syd-1", "data": {"address": "10.28.0.50", "capacity": 200,
+            "xml_curl_password_hash": "pbkdf2_sha256$200000$...$..."}}'
     """
     settings = _settings()
     if isinstance(event, str):
@@ -155,7 +161,7 @@ def register(event=None):
     checked, reason = _check_ready_event(event, settings)
     if reason:
         return _refuse(event.get("id") if isinstance(event, dict) else None, reason)
-    minion_id, address, capacity = checked
+    minion_id, address, capacity, password_hash = checked
     destination = f"sip:{address}:{settings.get('sip_port', 5080)}"
     with _connect(settings) as conn, conn.cursor() as cursor:
         setid = _placement(cursor, settings, minion_id)
@@ -166,10 +172,11 @@ def register(event=None):
         if cursor.fetchone():
             conn.rollback()
             return _refuse(minion_id, f"address {address} belongs to another node")
-        cursor.execute("INSERT INTO gopbx.nodes (minion_id, address, setid, capacity, state) "
-                       "VALUES (%s, %s, %s, %s, 'active') ON CONFLICT (minion_id) DO UPDATE SET "
+        cursor.execute("INSERT INTO gopbx.nodes (minion_id, address, setid, capacity, state, xml_curl_password_hash) "
+                       "VALUES (%s, %s, %s, %s, 'active', %s) ON CONFLICT (minion_id) DO UPDATE SET "
                        "address = EXCLUDED.address, setid = EXCLUDED.setid, capacity = EXCLUDED.capacity, "
-                       "state = 'active', updated_at = now()", (minion_id, address, setid, capacity))
+                       "state = 'active', xml_curl_password_hash = EXCLUDED.xml_curl_password_hash, "
+                       "updated_at = now()", (minion_id, address, setid, capacity, password_hash))
         cursor.execute("DELETE FROM dispatcher WHERE description = %s", (minion_id,))
         cursor.execute("INSERT INTO dispatcher (setid, destination, flags, priority, attrs, description) "
                        "VALUES (%s, %s, 0, 0, '', %s)", (setid, destination, minion_id))

@@ -26,6 +26,10 @@ class Settings:
     esl_password: str = ""
     esl_port: int = 8021
     node_refresh_seconds: float = 10.0
+    # The media nodes' SIP profile (b-legs go out through it) and the context calls
+    # from Kamailio land in; there the tenant is Kamailio's X-GoPBX-Tenant header.
+    freeswitch_profile: str = "internal"
+    freeswitch_inbound_context: str = "kamailio"
     # A comment line on idle SSE streams, so proxies and clients see it is alive.
     sse_heartbeat_seconds: float = 15.0
 

@@ -92,14 +92,22 @@ async def directory(request: Request, node: str = Depends(media_node)):
 @router.post("/freeswitch/dialplan")
 async def dialplan(request: Request, node: str = Depends(media_node)):
     form = await request.form()
+    settings = request.app.state.settings
     context = form.get("Hunt-Context", "")
-    if form.get("section") != "dialplan" or not DOMAIN.match(context):
+    # A call from Kamailio lands in the SIP profile's context and names its tenant in
+    # X-GoPBX-Tenant (Kamailio stamps it, and only Kamailio's addresses reach the
+    # profile); a call from a user the directory served hunts in its tenant's context.
+    if context == settings.freeswitch_inbound_context:
+        tenant = form.get("variable_sip_h_X-GoPBX-Tenant", "")
+    else:
+        tenant = context
+    if form.get("section") != "dialplan" or not DOMAIN.match(tenant):
         return Response(NOT_FOUND, media_type=XML)
     with request.app.state.db.transaction() as cursor:
-        cursor.execute("SELECT 1 FROM gopbx.tenants WHERE domain = %s AND enabled", (context,))
+        cursor.execute("SELECT 1 FROM gopbx.tenants WHERE domain = %s AND enabled", (tenant,))
         if cursor.fetchone() is None:
             return Response(NOT_FOUND, media_type=XML)
-    kamailio = request.app.state.settings.kamailio_sip_uri
+    kamailio = settings.kamailio_sip_uri
     document, section = _document("dialplan")
     context_element = ET.SubElement(section, "context", name=context)
     # 1. The tenant's concurrent-call limit, from Kamailio's X-GoPBX-MaxCalls. An empty
@@ -108,7 +116,7 @@ async def dialplan(request: Request, node: str = Depends(media_node)):
     limit = ET.SubElement(context_element, "extension", {"name": "gopbx-tenant-limit", "continue": "true"})
     condition = ET.SubElement(limit, "condition", field="${sip_h_X-GoPBX-MaxCalls}", expression="^[0-9]+$")
     ET.SubElement(condition, "action", application="limit",
-                  data=f"hash gopbx {context} ${{sip_h_X-GoPBX-MaxCalls}} !USER_BUSY", inline="true")
+                  data=f"hash gopbx {tenant} ${{sip_h_X-GoPBX-MaxCalls}} !USER_BUSY", inline="true")
     ET.SubElement(condition, "action", application="set", data="continue_on_fail=false", inline="true")
     ET.SubElement(condition, "anti-action", application="respond", data="403 Missing tenant call limit")
     # 2. Extension to extension inside the tenant: back through Kamailio, which
@@ -117,7 +125,7 @@ async def dialplan(request: Request, node: str = Depends(media_node)):
     condition = ET.SubElement(local, "condition", field="destination_number", expression="^([0-9]{2,15})$")
     ET.SubElement(condition, "action", application="set", data="sip_copy_custom_headers=false")
     ET.SubElement(condition, "action", application="bridge",
-                  data=f"sofia/internal/sip:$1@{context};fs_path=<{kamailio}>")
+                  data=f"sofia/{settings.freeswitch_profile}/sip:$1@{tenant};fs_path=<{kamailio}>")
     # 3. Anything else is refused.
     refuse = ET.SubElement(context_element, "extension", name="gopbx-no-route")
     condition = ET.SubElement(refuse, "condition", field="destination_number", expression="^.*$")

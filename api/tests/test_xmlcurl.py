@@ -84,6 +84,35 @@ def test_the_dialplan_is_a_context_per_tenant_with_a_guarded_limit(node):
                for action in context.iter("action"))
 
 
+def test_a_call_from_kamailio_takes_its_tenant_from_the_header(node):
+    # Calls from Kamailio land in the SIP profile's context with X-GoPBX-Tenant.
+    reply = post(node, "dialplan", {"section": "dialplan", "Hunt-Context": "kamailio",
+                                    "variable_sip_h_X-GoPBX-Tenant": T, "Caller-Destination-Number": "1002"})
+    context = well_formed(reply.text).find("./section[@name='dialplan']/context[@name='kamailio']")
+    assert context is not None
+    limit = context.find("./extension[@name='gopbx-tenant-limit']/condition/action[@application='limit']")
+    assert limit.get("data") == f"hash gopbx {T} ${{sip_h_X-GoPBX-MaxCalls}} !USER_BUSY"
+    bridge = context.find("./extension[@name='gopbx-local-extension']/condition/action[@application='bridge']")
+    assert bridge.get("data") == f"sofia/internal/sip:$1@{T};fs_path=<sip:127.0.0.1:5060>"
+
+
+@pytest.mark.parametrize("fields", [
+    {"Hunt-Context": "kamailio"},                                                   # no tenant header
+    {"Hunt-Context": "kamailio", "variable_sip_h_X-GoPBX-Tenant": "nobody" + SUFFIX},
+    {"Hunt-Context": "kamailio", "variable_sip_h_X-GoPBX-Tenant": "bad domain'--"},
+])
+def test_a_call_from_kamailio_without_a_known_tenant_is_not_found(node, fields):
+    reply = post(node, "dialplan", {"section": "dialplan", **fields})
+    assert well_formed(reply.text).find("./section/result").get("status") == "not found"
+
+
+def test_the_header_counts_only_in_the_kamailio_context(node):
+    # A user's own tenant context is never swapped for another by a header.
+    reply = post(node, "dialplan", {"section": "dialplan", "Hunt-Context": "nobody" + SUFFIX,
+                                    "variable_sip_h_X-GoPBX-Tenant": T})
+    assert well_formed(reply.text).find("./section/result").get("status") == "not found"
+
+
 def test_an_unknown_context_is_not_found(node):
     reply = post(node, "dialplan", {"section": "dialplan", "Hunt-Context": "nobody" + SUFFIX})
     assert well_formed(reply.text).find("./section/result").get("status") == "not found"

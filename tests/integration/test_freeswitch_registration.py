@@ -9,14 +9,19 @@ import statistics
 import time
 
 import pytest
+import requests
+from requests.adapters import HTTPAdapter
 
-from tests.support import REPO, fake_secrets
+from tests.support import REPO, fake_secrets, load_module
 from tests.system import sip
 from tests.system.conftest import lab  # noqa: F401  (the lab, brought up by its own command)
 
 SYD_SET, MEL_SET = 401, 402
 NODE_NETWORK = "127.28.5.0/24"
 TAG = "gopbx/freeswitch/ready"
+# What a node announces with its address (see gopbx_freeswitch.xml_curl_credentials).
+HASH = load_module("_modules", "gopbx_freeswitch").pbkdf2_hash("a node's xml_curl password")
+LAB_API = "http://127.28.0.30:8080"
 
 
 def dispatcher_uris():
@@ -68,9 +73,13 @@ def secrets(lab):  # noqa: F811
 def master(salt_factories, secrets, tmp_path_factory):
     site = tmp_path_factory.mktemp("site-pillar")
     (site / "site").mkdir()
-    (site / "site" / "au.sls").write_text(json.dumps({"secrets": fake_secrets()}))
+    made = fake_secrets()
+    made["freeswitch"]["signalwire_token"] = "pat_fake_signalwire_token_for_tests"
+    (site / "site" / "au.sls").write_text(json.dumps({"secrets": made, "freeswitch": {"node_network": NODE_NETWORK}}))
     config = {
-        "file_roots": {"base": [str(REPO / "salt"), str(REPO)]},
+        # The FreeSWITCH formula's double first: it shadows freeswitch/init.sls only.
+        "file_roots": {"base": [str(REPO / "tests" / "integration" / "freeswitch_double"), str(REPO / "salt"),
+                                str(REPO)]},
         "file_ignore_regex": [r"/\.git($|/)", r"/\.venv($|/)", r"/\.lab($|/)"],
         "pillar_roots": {"base": [str(REPO / "pillar"), str(site)]},
         "runner_dirs": [str(REPO / "_runners")],
@@ -107,19 +116,88 @@ def wait_for(check, timeout=30):
     return check()
 
 
-def test_a_ready_node_is_registered_and_kamailio_routes_to_it(master, secrets):
+def apply_ready(node, address, fails=False):
+    pillar = {"freeswitch": {"node_address": address}, "freeswitch_double": {"fails": fails}}
+    return node.salt_call_cli(timeout=300).run("state.apply", "freeswitch,freeswitch.ready",
+                                              f"pillar={json.dumps(pillar)}")
+
+
+def changed(result):
+    return sorted(name for name, state in result.data.items() if state["changes"])
+
+
+def register_audits(secrets, node):
+    with sip.db(secrets, "gopbx_salt") as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM gopbx.audit WHERE action = 'register' AND object_id = %s", (node,))
+        return cursor.fetchone()[0]
+
+
+class SourceAddressAdapter(HTTPAdapter):
+    """Requests from a given local address (the API checks a node asks from its own)."""
+
+    def __init__(self, address):
+        self.address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["source_address"] = (self.address, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def xml_curl(address, credentials):
+    session = requests.Session()
+    session.mount("http://", SourceAddressAdapter(address))
+    return session.post(f"{LAB_API}/v1/freeswitch/directory", auth=credentials, timeout=10,
+                        data={"section": "directory", "domain": "nobody.gopbx.invalid", "user": "1001"})
+
+
+def test_a_node_announces_itself_after_its_first_good_highstate(master, secrets):
+    audits = register_audits(secrets, "fs-syd-1")  # earlier runs' rows stay: the audit log is append-only
     node = minion(master, "fs-syd-1")
     with node.started():
-        # A node claiming a set of its own choosing is placed by the master anyway.
-        fire(node, {"address": "127.28.5.1", "capacity": 200, "setid": MEL_SET})
+        assert node.salt_call_cli(timeout=300).run("saltutil.sync_all").returncode == 0
+        # A failed run announces nothing.
+        failed = apply_ready(node, "127.28.5.1", fails=True)
+        assert failed.returncode != 0
+        assert failed.data["event_|-freeswitch-ready-event-sent_|-gopbx/freeswitch/ready_|-send"]["result"] is False
+        time.sleep(3)
+        assert "sip:127.28.5.1:5080" not in dispatcher_uris() and node_rows(secrets) == []
+        # The first good run does: the master places it and Kamailio routes to it.
+        first = apply_ready(node, "127.28.5.1")
+        assert first.returncode == 0, first.stdout
+        assert changed(first) == ["event_|-freeswitch-ready-event-sent_|-gopbx/freeswitch/ready_|-send",
+                                  "file_|-freeswitch-ready-recorded_|-" + node.config["cachedir"]
+                                  + "/gopbx/freeswitch-ready_|-managed"]
         assert wait_for(lambda: "sip:127.28.5.1:5080" in dispatcher_uris()), "never reached Kamailio's dispatcher"
+        assert wait_for(lambda: register_audits(secrets, "fs-syd-1") == audits + 1)
+        # A second run changes nothing and announces nothing.
+        second = apply_ready(node, "127.28.5.1")
+        assert second.returncode == 0 and changed(second) == []
+        credentials = node.salt_call_cli().run("gopbx_freeswitch.xml_curl_credentials").data
     assert node_rows(secrets) == [("fs-syd-1", "127.28.5.1", SYD_SET, "active")]
-    with sip.db(secrets, "gopbx_salt") as conn, conn.cursor() as cursor:
-        cursor.execute("SELECT actor, detail FROM gopbx.audit WHERE action = 'register' AND object_id = 'fs-syd-1' "
-                       "ORDER BY id DESC LIMIT 1")
-        assert cursor.fetchone() == ("salt-master", {"address": "127.28.5.1", "setid": SYD_SET, "capacity": 200})
+    time.sleep(1)
+    assert register_audits(secrets, "fs-syd-1") == audits + 1
+    # The hash it announced lets it fetch its configuration from the API, with its
+    # own password, from its own address only.
+    username = credentials["username"]
+    assert xml_curl("127.28.5.1", (username, credentials["password"])).status_code == 200
+    assert xml_curl("127.28.5.1", (username, credentials["password"] + "x")).status_code == 401
+    assert xml_curl("127.28.5.99", (username, credentials["password"])).status_code == 403
     nodes = master.salt_run_cli().run("gopbx.nodes").data
     assert nodes["fs-syd-1"]["state"] == "active" and nodes["fs-syd-1"]["kamailio"] != "absent"
+
+
+def test_a_node_claiming_its_own_set_is_placed_by_the_master(master, secrets):
+    node = minion(master, "fs-syd-3")
+    with node.started():
+        fire(node, {"address": "127.28.5.4", "capacity": 200, "setid": MEL_SET, "xml_curl_password_hash": HASH})
+        assert wait_for(lambda: "sip:127.28.5.4:5080" in dispatcher_uris()), "never reached Kamailio's dispatcher"
+    assert ("fs-syd-3", "127.28.5.4", SYD_SET, "active") in node_rows(secrets)
+    with sip.db(secrets, "gopbx_salt") as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT actor, detail FROM gopbx.audit WHERE action = 'register' AND object_id = 'fs-syd-3' "
+                       "ORDER BY id DESC LIMIT 1")
+        assert cursor.fetchone() == ("salt-master", {"address": "127.28.5.4", "setid": SYD_SET, "capacity": 200})
+    assert master.salt_run_cli().run("gopbx.deregister", "fs-syd-3").data["deregistered"] is True
 
 
 def test_a_stranger_or_a_malformed_event_changes_nothing(master, secrets):
@@ -131,15 +209,16 @@ def test_a_stranger_or_a_malformed_event_changes_nothing(master, secrets):
     with node.started():
         for payload in ({"address": "10.9.9.9", "capacity": 10},      # outside the allowed networks
                         {"address": "127.28.5.2", "capacity": "lots"},  # not a number
-                        {"address": "not-an-address"}):
+                        {"address": "not-an-address"},
+                        {"address": "127.28.5.2", "capacity": 10, "xml_curl_password_hash": "plaintext"}):
             fire(node, payload)
     # The runner logs each refusal on the master.
     log_file = master.config["log_file"]
-    assert wait_for(lambda: open(log_file, errors="replace").read().count("gopbx/freeswitch/ready from") >= 4), \
-        "the master did not log four refusals"
+    assert wait_for(lambda: open(log_file, errors="replace").read().count("gopbx/freeswitch/ready from") >= 5), \
+        "the master did not log five refusals"
     log = open(log_file, errors="replace").read()
     for reason in ("'evil-1' refused: the minion id", "outside the allowed networks", "capacity 'lots'",
-                   "'not-an-address' is not an IP address"):
+                   "'not-an-address' is not an IP address", "xml_curl_password_hash is not a PBKDF2"):
         assert reason in log
     assert node_rows(secrets) == before
     assert not {uri for uri in dispatcher_uris() if uri.startswith("sip:127.28.5.") and uri != "sip:127.28.5.1:5080"}
@@ -156,7 +235,7 @@ def test_a_stranger_or_a_malformed_event_changes_nothing(master, secrets):
 def test_drain_and_deregister_take_a_node_out(master, secrets):
     node = minion(master, "fs-mel-1")
     with node.started():
-        fire(node, {"address": "127.28.5.3", "capacity": 50})
+        fire(node, {"address": "127.28.5.3", "capacity": 50, "xml_curl_password_hash": HASH})
         assert wait_for(lambda: "sip:127.28.5.3:5080" in dispatcher_uris())
     run = master.salt_run_cli()
     drained = run.run("gopbx.drain", "fs-mel-1", "timeout=1", "poll=0.2").data
@@ -180,7 +259,7 @@ def test_time_from_ready_event_to_kamailio(master, secrets, record_property):
             assert wait_for(lambda: "sip:127.28.5.5:5080" not in dispatcher_uris())
             time.sleep(5.5)  # past Kamailio's one-reload-in-five-seconds limit, which isn't what we measure
             started = time.monotonic()
-            fire(node, {"address": "127.28.5.5", "capacity": 20})
+            fire(node, {"address": "127.28.5.5", "capacity": 20, "xml_curl_password_hash": HASH})
             assert wait_for(lambda: "sip:127.28.5.5:5080" in dispatcher_uris())
             seconds.append(time.monotonic() - started)
     record_property("ready_to_dispatcher_median_s", statistics.median(seconds))

@@ -234,3 +234,62 @@ def check_nginx(conf, tls_dir="/etc/nginx/tls"):
                                 capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stderr
         return result.stderr
+
+
+def check_freeswitch(files, config_dir="/etc/freeswitch"):
+    """
+    FreeSWITCH can't be installed here (no Debian 12 package), so do what it does
+    with its configuration: every file must be well-formed XML (xmllint), then
+    freeswitch.xml is assembled the way FreeSWITCH's preprocessor does it
+    (X-PRE-PROCESS include with globs, set, $${var}). Returns the assembled
+    document; an undefined $${var} or an include matching nothing fails here.
+    """
+    import fnmatch
+    from xml.etree import ElementTree as ET
+
+    ours = {path[len(config_dir) + 1:]: text for path, text in files.items() if path.startswith(config_dir + "/")}
+    with tempfile.TemporaryDirectory(prefix="gopbx-check-") as tmp:
+        for name, text in ours.items():
+            (Path(tmp) / name.replace("/", "__")).write_text(text)
+        result = subprocess.run(["xmllint", "--noout", *sorted(str(path) for path in Path(tmp).iterdir())],
+                                capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+    variables = {}
+
+    def expand(element):
+        for child in list(element):
+            if child.tag != "X-PRE-PROCESS":
+                expand(child)
+                continue
+            index = list(element).index(child)
+            element.remove(child)
+            command, data = child.get("cmd"), child.get("data")
+            if command == "set":
+                name, value = data.split("=", 1)
+                variables[name] = value
+            elif command == "include":
+                matches = sorted(name for name in ours if fnmatch.fnmatch(name, data))
+                assert matches, f"X-PRE-PROCESS include {data!r} matches no file"
+                for name in matches:
+                    included = ET.fromstring(ours[name])
+                    expand(included)
+                    # FreeSWITCH drops an <include> wrapper and keeps what is inside.
+                    for offset, item in enumerate(list(included) if included.tag == "include" else [included]):
+                        element.insert(index + offset, item)
+                    index += len(included) if included.tag == "include" else 1
+            else:
+                raise AssertionError(f"unexpected X-PRE-PROCESS cmd {command!r}")
+
+    def substitute(element):
+        for key, value in element.attrib.items():
+            for name in re.findall(r"\$\$\{([^}]+)\}", value):
+                assert name in variables, f"$${{{name}}} is never set"
+                value = value.replace(f"$${{{name}}}", variables[name])
+            element.set(key, value)
+        for child in element:
+            substitute(child)
+
+    document = ET.fromstring(ours["freeswitch.xml"])
+    expand(document)
+    substitute(document)
+    return document, variables

@@ -4,11 +4,12 @@ each rendered configuration is accepted by its own program.
 """
 
 import json
+import subprocess
 
 import pytest
 
 from tests.render import checkers
-from tests.support import fake_secrets, salt_call, write_minion_config
+from tests.support import VENV_BIN, fake_secrets, load_module, salt_call, write_minion_config
 
 ROLE_OF = {
     "lab-coord-1": "coordinator",
@@ -20,6 +21,7 @@ ROLE_OF = {
 COORDINATORS = ["lab-coord-1", "coord-syd-1"]
 KAMAILIOS = ["lab-coord-1", "coord-syd-1", "kam-mel-1"]
 AU_REPLICA = "192.0.2.20"
+FS_ADDRESS = "10.28.0.50"
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +31,17 @@ def env(tmp_path_factory):
     site = tmp / "pillar" / "site"
     site.mkdir(parents=True)
     secrets = {"lab": fake_secrets(), "au": fake_secrets()}
+    secrets["au"]["freeswitch"]["signalwire_token"] = "pat_fake_signalwire_token_for_tests"
     (site / "lab.sls").write_text(json.dumps({"secrets": secrets["lab"]}))
-    (site / "au.sls").write_text(json.dumps({"secrets": secrets["au"], "postgres": {"replicas": [AU_REPLICA]}}))
+    (site / "au.sls").write_text(json.dumps({"secrets": secrets["au"], "postgres": {"replicas": [AU_REPLICA]},
+                                             "freeswitch": {"node_address": FS_ADDRESS}}))
     config = write_minion_config(tmp / "etc", tmp / "pillar")
+    # A media node derives its xml_curl password from its minion key.
+    pki = tmp / "etc" / "root" / "etc" / "salt" / "pki" / "minion"
+    pki.mkdir(parents=True)
+    subprocess.run([str(VENV_BIN / "salt-key"), "--gen-keys=minion", f"--gen-keys-dir={pki}"],
+                   capture_output=True, check=False)
+    assert (pki / "minion.pem").exists()
     salt_call(config, "saltutil.sync_all")
     return {"config": config, "secrets": secrets, "tmp": tmp}
 
@@ -92,6 +102,8 @@ def test_every_role_renders_its_formulas(lowstate, minion_id):
         expected |= {"media_standin"} if minion_id.startswith("lab-") else {"network"}
     if ROLE_OF[minion_id] == "kamailio-standby":
         expected |= {"kamailio"}
+    if ROLE_OF[minion_id] == "freeswitch":
+        expected |= {"freeswitch", "freeswitch.ready"}
     assert formulas == expected
     ids = [(chunk["state"], chunk["__id__"]) for chunk in chunks]
     assert len(ids) == len(set(ids))
@@ -182,11 +194,16 @@ def test_lab_needs_no_interface(lowstate):
     ({"secrets": {"redis": {"password": None}}}, "secrets:redis:password"),
     ({"nginx": {"acme_email": ""}}, "nginx:acme_email"),
     ({"nginx": {"server_name": "API.GoPBX"}}, "nginx:server_name"),
+    ({"freeswitch": {"node_address": "192.0.2.1"}}, "freeswitch:node_address"),
+    ({"freeswitch": {"modules": ["mod_console"]}}, "freeswitch:modules"),
+    ({"freeswitch": {"profile": "Internal Profile"}}, "freeswitch:profile"),
+    ({"secrets": {"freeswitch": {"signalwire_token": None}}}, "secrets:freeswitch:signalwire_token"),
 ])
 def test_bad_pillar_fails_the_render_naming_the_key(env, override, key):
+    minion_id = "fs-syd-1" if key.startswith(("freeswitch", "secrets:freeswitch")) else "coord-syd-1"
     # A dry run: if the render wrongly passed, nothing would be changed anyway.
     code, errors = salt_call(env["config"], "state.apply", "test=True", f"pillar={json.dumps(override)}",
-                             minion_id="coord-syd-1", check=False)
+                             minion_id=minion_id, check=False)
     assert code != 0
     assert isinstance(errors, list) and all(isinstance(error, str) for error in errors), errors
     assert f"pillar key '{key}'" in json.dumps(errors)
@@ -242,6 +259,8 @@ def test_the_api_is_configured_for_the_plan(env, rendered, minion_id):
     assert settings["jwt_keys"] == [secrets["api"]["jwt_key"]]
     assert settings["platform_admins"] == {"admin": secrets["api"]["admin_password_hash"]}
     assert settings["esl_password"] == secrets["freeswitch"]["esl_password"] and settings["esl_port"] == 8021
+    # The freeswitch formula's profile and inbound context, so the dialplan matches the nodes.
+    assert (settings["freeswitch_profile"], settings["freeswitch_inbound_context"]) == ("internal", "kamailio")
     for unit in (files["/etc/systemd/system/gopbx-api.service"], files["/etc/init.d/gopbx-api"]):
         assert f"--host {net}.30" in unit and "--port 8080" in unit
     for unit in (files["/etc/systemd/system/gopbx-call-events.service"], files["/etc/init.d/gopbx-call-events"]):
@@ -262,3 +281,114 @@ def test_nginx_terminates_https_for_the_api_and_grafana(rendered, minion_id):
     assert "proxy_buffering off;" in sse[:sse.index("}")] and "proxy_read_timeout 3600s;" in sse[:sse.index("}")]
     assert "client_max_body_size 64k;" in conf and "Strict-Transport-Security" in conf
     assert "nginx: the configuration file" in checkers.check_nginx(conf)
+
+
+# --- FreeSWITCH media node (FreeSWITCH itself can't be installed here) ---
+
+
+def _params(element):
+    return {param.get("name"): param.get("value") for param in element.iter("param")}
+
+
+@pytest.fixture(scope="module")
+def freeswitch(env, rendered):
+    files = rendered("fs-syd-1")
+    document, variables = checkers.check_freeswitch(files)
+    configurations = {conf.get("name"): conf for conf in document.find("section[@name='configuration']")}
+    return {"files": files, "document": document, "variables": variables, "conf": configurations}
+
+
+def test_freeswitch_config_is_well_formed_and_complete(freeswitch):
+    document = freeswitch["document"]
+    assert document.tag == "document" and document.get("type") == "freeswitch/xml"
+    assert set(freeswitch["conf"]) == {"acl.conf", "console.conf", "event_socket.conf", "hash.conf", "logfile.conf",
+                                       "modules.conf", "sofia.conf", "switch.conf", "xml_curl.conf"}
+    modules = [load.get("module") for load in freeswitch["conf"]["modules.conf"].iter("load")]
+    for needed in ("mod_sofia", "mod_xml_curl", "mod_event_socket", "mod_hash", "mod_dialplan_xml", "mod_dptools"):
+        assert needed in modules
+    assert modules.index("mod_xml_curl") < modules.index("mod_sofia")
+    # Nothing on disk to fall through to: users and dialplans come only from the API.
+    for section in ("dialplan", "directory"):
+        found = document.findall(f"section[@name='{section}']")
+        assert len(found) == 1 and len(found[0]) == 0
+    assert not [path for path in freeswitch["files"] if "/directory/" in path or "/dialplan/" in path]
+
+
+def test_freeswitch_fetches_users_and_dialplans_with_its_own_credentials(env, freeswitch):
+    bindings = {binding.get("name"): binding for binding in freeswitch["conf"]["xml_curl.conf"].iter("binding")}
+    assert set(bindings) == {"directory", "dialplan"}
+    _, credentials = salt_call(env["config"], "gopbx_freeswitch.xml_curl_credentials", minion_id="fs-syd-1")
+    assert credentials["username"] == "fs-syd-1"
+    for name, binding in bindings.items():
+        url = binding.find("param[@name='gateway-url']")
+        assert url.get("value") == f"http://172.28.0.30:8080/v1/freeswitch/{name}" and url.get("bindings") == name
+        params = _params(binding)
+        assert params["gateway-credentials"] == f"fs-syd-1:{credentials['password']}"
+        assert params["auth-scheme"] == "basic"
+    # The hash the node announces is one the API accepts for that password.
+    passwords = load_module("api/gopbx_api", "passwords")
+    assert passwords.verify_password(credentials["password"], credentials["password_hash"])
+    assert not passwords.verify_password(credentials["password"] + "x", credentials["password_hash"])
+
+
+def test_freeswitch_event_socket_is_private_and_for_the_coordinator(env, freeswitch):
+    settings = _params(freeswitch["conf"]["event_socket.conf"])
+    assert settings["listen-ip"] == FS_ADDRESS and settings["listen-port"] == "8021"
+    assert settings["password"] == env["secrets"]["au"]["freeswitch"]["esl_password"]
+    lists = {item.get("name"): item for item in freeswitch["conf"]["acl.conf"].iter("list")}
+    acl = lists[settings["apply-inbound-acl"]]
+    assert acl.get("default") == "deny"
+    assert [(node.get("type"), node.get("cidr")) for node in acl] == [("allow", "172.28.0.30/32"),
+                                                                       ("allow", f"{FS_ADDRESS}/32")]
+
+
+def test_freeswitch_takes_calls_from_kamailio_only(freeswitch):
+    profiles = list(freeswitch["conf"]["sofia.conf"].iter("profile"))
+    assert [profile.get("name") for profile in profiles] == ["internal"]
+    settings = _params(profiles[0])
+    assert settings["sip-ip"] == FS_ADDRESS and settings["rtp-ip"] == FS_ADDRESS and settings["sip-port"] == "5080"
+    assert settings["context"] == "kamailio" and settings["dialplan"] == "XML"
+    # Outside the ACL and with auth-calls off, sofia answers 403 rather than a challenge.
+    assert settings["auth-calls"] == "false" and settings["disable-register"] == "true"
+    lists = {item.get("name"): item for item in freeswitch["conf"]["acl.conf"].iter("list")}
+    acl = lists[settings["apply-inbound-acl"]]
+    assert acl.get("default") == "deny"
+    assert [(node.get("type"), node.get("cidr")) for node in acl] == [("allow", "172.28.0.15/32")]
+    assert settings["inbound-codec-prefs"] == "OPUS,G722,PCMU,PCMA"
+
+
+def test_freeswitch_keeps_gopbx_headers_and_offers_srtp(env, lowstate, freeswitch):
+    variables = freeswitch["variables"]
+    assert variables["sip_copy_custom_headers"] == "false"
+    assert variables["rtp_secure_media"] == "optional:AES_CM_128_HMAC_SHA1_80:AES_CM_128_HMAC_SHA1_32"
+    # With freeswitch:srtp off, the template offers none.
+    without = env["tmp"] / "no-srtp"
+    chunk = next(chunk for chunk in lowstate("fs-syd-1") if chunk["name"] == "/etc/freeswitch/vars.xml")
+    salt_call(env["config"], "cp.get_template", chunk["source"], str(without),
+              f"freeswitch={json.dumps({**chunk['context']['freeswitch'], 'srtp': False})}", minion_id="fs-syd-1")
+    assert "rtp_secure_media" not in without.read_text()
+    switch = _params(freeswitch["conf"]["switch.conf"])
+    assert switch["max-sessions"] == "400" and switch["rtp-start-port"] == "16384"
+
+
+def test_freeswitch_config_dir_holds_only_what_salt_renders(lowstate):
+    chunks = lowstate("fs-syd-1")
+    directory = next(chunk for chunk in chunks if chunk["state"] == "file" and chunk["fun"] == "directory")
+    assert directory["name"] == "/etc/freeswitch" and directory["clean"] is True
+    managed = {chunk["__id__"] for chunk in chunks if chunk["state"] == "file" and chunk["fun"] == "managed"
+               and chunk["name"].startswith("/etc/freeswitch/")}
+    assert {item["file"] for item in directory["require"] if "file" in item} == managed
+    service = next(chunk for chunk in chunks if chunk["state"] == "service")
+    assert "watch" not in service  # a restart would drop every call; config changes reload instead
+    reload = next(chunk for chunk in chunks if chunk["__id__"] == "freeswitch-config-reloaded")
+    assert {item["file"] for item in reload["onchanges"]} == managed
+
+
+def test_freeswitch_node_announces_itself_after_its_formula(env, lowstate):
+    chunks = lowstate("fs-syd-1")
+    event = next(chunk for chunk in chunks if chunk["state"] == "event")
+    assert event["name"] == "gopbx/freeswitch/ready" and event["require"] == [{"sls": "freeswitch"}]
+    _, credentials = salt_call(env["config"], "gopbx_freeswitch.xml_curl_credentials", minion_id="fs-syd-1")
+    assert event["data"] == {"address": FS_ADDRESS, "capacity": 200,
+                             "xml_curl_password_hash": credentials["password_hash"]}
+    assert chunks[-1]["__id__"] == "freeswitch-ready-recorded"
