@@ -73,9 +73,10 @@ class Vultr:
     def find(self, label):
         return next((item for item in self.instances() if item.get("label") == label), None)
 
-    def create(self, label, region, plan, os_id, user_data="", tags=()):
+    def create(self, label, region, plan, os_id, user_data="", tags=(), extra=None):
+        """A new instance; ``extra`` adds request fields such as ``attach_vpc`` or ``sshkey_id``."""
         body = {"label": label, "hostname": label, "region": region, "plan": plan, "os_id": os_id,
-                "tags": list(tags), "backups": "disabled"}
+                "tags": list(tags), "backups": "disabled", **(extra or {})}
         if user_data:
             body["user_data"] = base64.b64encode(user_data.encode()).decode()
         return self.request("POST", "/instances", body)["instance"]
@@ -109,6 +110,11 @@ class Vultr:
         if not matches:
             raise VultrError(400, f"unknown image {os_name!r}")
         return matches[0]
+
+
+def client(api_key, url=API_URL, **options):
+    """A Vultr client (Salt's loader hands modules functions, not classes)."""
+    return Vultr(api_key, url=url, **options)
 
 
 def _message(reply):

@@ -26,6 +26,8 @@ class VultrDouble:
         self.api_key, self.polls_until_active, self.page_size = api_key, polls_until_active, page_size
         self.instances, self.requests, self.failures = {}, [], []
         self.delay = 0.0
+        # Called with (method, path) before each answer: lets a test see the world as Vultr is asked.
+        self.on_request = None
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v2"
@@ -43,6 +45,8 @@ class VultrDouble:
         self.failures += [(status, message)] * times
 
     def answer(self, method, path, query, body, key):
+        if self.on_request:
+            self.on_request(method, path)
         with self._lock:
             self.requests.append((method, path))
             if key != self.api_key:
