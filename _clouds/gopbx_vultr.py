@@ -14,8 +14,8 @@ it, the key is removed again. The minion installs Salt
 from the Salt Project's repository and runs its highstate on start; a media node
 then announces itself (``gopbx/freeswitch/ready``) and the master places it.
 
-Provider settings: ``api_key``, else the file ``api_key_file`` (made from encrypted
-pillar), else the environment's ``VULTR_API_KEY``; ``api_url``; ``minion: {master:}``.
+Provider settings: ``api_key``, else the environment's ``VULTR_API_KEY``, else the
+file ``api_key_file`` (made from encrypted pillar); ``api_url``; ``minion: {master:}``.
 Profile settings: ``location`` (region id), ``size`` (plan id), ``image`` (OS name),
 ``name_prefix`` (names must be ``<prefix>-<location>-<n>``), optional ``tags``,
 ``vpc_ids``, ``salt_version`` and ``wait_for_active_timeout``.
@@ -57,11 +57,12 @@ def _setting(name, vm_=None, default=None):
 
 
 def _api_key():
-    key = _setting("api_key")
+    """The provider's api_key, else the environment's VULTR_API_KEY, else the file api_key_file."""
+    key = _setting("api_key") or os.environ.get("VULTR_API_KEY", "")
     if not key and _setting("api_key_file"):
         with open(_setting("api_key_file"), encoding="utf-8") as handle:
             key = handle.read().strip()
-    return key or os.environ.get("VULTR_API_KEY", "")
+    return key
 
 
 def _client():

@@ -231,6 +231,7 @@ SCHEMA = {
         "jwt_ttl_seconds": _positive_int,
         "esl_port": _port,
         "sse_heartbeat_seconds": _positive_int,
+        "salt_webhook_url": _text_or_empty,
     },
     "nginx": {
         "server_name": _hostname,

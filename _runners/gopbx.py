@@ -4,6 +4,7 @@ GoPBX's master-side operations on FreeSWITCH media nodes.
     salt-run gopbx.nodes
     salt-run gopbx.drain fs-syd-2 [timeout=600]
     salt-run gopbx.deregister fs-syd-2
+    salt-run gopbx.provision request='{"request_id": 12}'
 
 ``register`` is what the reactor calls when a node fires ``gopbx/freeswitch/ready``
 after its first successful highstate. Nothing in the event is trusted: the minion id
@@ -16,14 +17,21 @@ Settings come from the master's configuration, key ``gopbx``: ``database_dsn`` (
 gopbx_salt role through pgBouncer), ``kamailio_rpc_url``, ``redis_url`` (live calls,
 for drain), ``allowed_networks``, optional ``placement`` {minion id: set}, and
 ``sip_port`` (5080).
+
+``provision`` is what the provision reactor calls when the API pokes the webhook
+engine: it claims the pending request in ``gopbx.provisioning_requests``, runs its
+salt-cloud profile (this master's cloud configuration) with the next free name, and
+records the outcome there.
 """
 
 import ipaddress
 import json
 import logging
+import os
 import re
 import time
 
+import salt.cloud
 import salt.key
 from salt.exceptions import SaltInvocationError
 
@@ -83,9 +91,9 @@ def _reload_dispatcher(settings, attempts=50):
     raise RuntimeError("Kamailio kept refusing dispatcher.reload (Ongoing reload)")
 
 
-def _audit(cursor, action, node, detail):
+def _audit(cursor, action, object_id, detail, object_type="node"):
     cursor.execute("INSERT INTO gopbx.audit (actor, action, object_type, object_id, detail) "
-                   "VALUES (%s, %s, 'node', %s, %s)", (ACTOR, action, node, psycopg2.extras.Json(detail)))
+                   "VALUES (%s, %s, %s, %s, %s)", (ACTOR, action, object_type, object_id, psycopg2.extras.Json(detail)))
 
 
 def _refuse(minion_id, reason):
@@ -273,3 +281,72 @@ def deregister(node):
     _reload_dispatcher(settings)
     log.info("FreeSWITCH node %s deregistered", node)
     return {"deregistered": True, "node": node}
+
+
+def _request_id(request):
+    try:
+        value = json.loads(request)["request_id"] if isinstance(request, str) else request["request_id"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    return value if type(value) is int and value > 0 else None
+
+
+def _next_name(cloud, cursor, profile):
+    """<name_prefix>-<location>-<n> with n one above any such VM or node seen so far."""
+    prefix = f"{profile['name_prefix']}-{profile['location']}-"
+    names = set()
+    for drivers in (cloud.query("list_nodes") or {}).values():
+        for nodes in drivers.values():
+            names |= set(nodes)
+    cursor.execute("SELECT minion_id FROM gopbx.nodes WHERE minion_id LIKE %s", (prefix + "%",))
+    names |= {row["minion_id"] for row in cursor.fetchall()}
+    numbers = [int(name[len(prefix):]) for name in names
+               if name.startswith(prefix) and name[len(prefix):].isdigit()]
+    return f"{prefix}{max(numbers, default=0) + 1}"
+
+
+def _finish(settings, request_id, state, name, detail):
+    with _connect(settings) as conn, conn.cursor() as cursor:
+        cursor.execute("UPDATE gopbx.provisioning_requests SET state = %s, name = %s, detail = %s, "
+                       "updated_at = now() WHERE id = %s", (state, name, psycopg2.extras.Json(detail), request_id))
+        _audit(cursor, state, name or str(request_id), {"request": request_id, **detail}, object_type="vm")
+
+
+def provision(request=None):
+    """
+    Make the VM of a pending provisioning request (the provision reactor's call, with
+    the body the API sent: {"request_id": N}).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run gopbx.provision request='{"request_id": 12}'
+    """
+    settings = _settings()
+    request_id = _request_id(request)
+    if request_id is None:
+        log.warning("provisioning poke refused: %r names no request id", request)
+        return {"provisioned": False, "reason": "the poke names no request id"}
+    with _connect(settings) as conn, conn.cursor() as cursor:
+        cursor.execute("UPDATE gopbx.provisioning_requests SET state = 'running', updated_at = now() "
+                       "WHERE id = %s AND state = 'pending' RETURNING profile", (request_id,))
+        claimed = cursor.fetchone()
+    if claimed is None:
+        log.warning("provisioning poke refused: request %s is not pending", request_id)
+        return {"provisioned": False, "reason": f"request {request_id} is not pending"}
+    cloud = salt.cloud.CloudClient(path=os.path.join(os.path.dirname(__opts__["conf_file"]), "cloud"))  # noqa: F821
+    profile = cloud.opts.get("profiles", {}).get(claimed["profile"])
+    if not profile:
+        _finish(settings, request_id, "failed", None, {"error": f"no salt-cloud profile {claimed['profile']!r}"})
+        return {"provisioned": False, "reason": f"no salt-cloud profile {claimed['profile']!r}"}
+    with _connect(settings) as conn, conn.cursor() as cursor:
+        name = _next_name(cloud, cursor, profile)
+    log.info("provisioning request %s: salt-cloud -p %s %s", request_id, claimed["profile"], name)
+    outcome = (cloud.profile(claimed["profile"], names=[name]) or {}).get(name)
+    if not isinstance(outcome, dict) or "Error" in outcome or not outcome.get("id"):
+        _finish(settings, request_id, "failed", name, {"error": str(outcome)})
+        return {"provisioned": False, "name": name, "reason": str(outcome)}
+    detail = {key: outcome.get(key) for key in ("id", "region", "plan", "main_ip")}
+    _finish(settings, request_id, "created", name, detail)
+    return {"provisioned": True, "name": name, **detail}

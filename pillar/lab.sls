@@ -42,6 +42,9 @@ media_standin:
   # Lab tenants use dispatcher set 1: two SIPp stand-ins for FreeSWITCH nodes.
   setid: 1
   addresses: ['127.28.1.1:5080', '127.28.1.2:5080']
+api:
+  # No salt-master runs in the single-host lab: provisioning answers 503.
+  salt_webhook_url: ''
 nginx:
   # Let's Encrypt can't reach the lab: a self-signed certificate for api.gopbx.au.
   certificate: self_signed

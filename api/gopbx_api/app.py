@@ -7,7 +7,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from . import auth, calls, nodes, passwords, tenants, xmlcurl
+from . import auth, calls, nodes, passwords, provisioning, tenants, xmlcurl
 from .db import Database
 from .kamailio import Kamailio
 from .models import TokenRequest
@@ -64,6 +64,7 @@ def create_app(settings, database=None, kamailio=None):
     app.include_router(tenants.router, dependencies=[Depends(auth.principal)])
     app.include_router(calls.router)
     app.include_router(nodes.router)
+    app.include_router(provisioning.router)
     # FreeSWITCH nodes authenticate with their own credentials, not tokens.
     app.include_router(xmlcurl.router)
     return app

@@ -29,3 +29,12 @@ def audit(cursor, actor, action, object_type, object_id, detail=None):
     cursor.execute("INSERT INTO gopbx.audit (actor, action, object_type, object_id, detail) "
                    "VALUES (%s, %s, %s, %s, %s)",
                    (actor, action, object_type, object_id, psycopg2.extras.Json(detail or {})))
+
+
+def page(request, query, params, limit, offset):
+    """One page of a listing: ``query`` selects ``count(*) OVER () AS total`` beside its columns."""
+    with request.app.state.db.transaction() as cursor:
+        cursor.execute(f"{query} LIMIT %s OFFSET %s", (*params, limit, offset))
+        rows = cursor.fetchall()
+    return {"items": [{k: v for k, v in row.items() if k != "total"} for row in rows],
+            "total": rows[0]["total"] if rows else 0, "limit": limit, "offset": offset}

@@ -3,23 +3,16 @@
 from fastapi import APIRouter, Depends, Query, Request
 
 from . import auth
+from .db import page
 from .models import Limit, Offset, SetIdFilter
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(auth.platform_admin)])
 
 
-def _page(request, query, params, limit, offset):
-    with request.app.state.db.transaction() as cursor:
-        cursor.execute(f"{query} LIMIT %s OFFSET %s", (*params, limit, offset))
-        rows = cursor.fetchall()
-    return {"items": [{k: v for k, v in row.items() if k != "total"} for row in rows],
-            "total": rows[0]["total"] if rows else 0, "limit": limit, "offset": offset}
-
-
 @router.get("/nodes")
 def list_nodes(request: Request, limit: Limit = 50, offset: Offset = 0,
                setid: SetIdFilter = None, state: str | None = Query(None, pattern="^(active|draining|removed)$")):
-    return _page(request, "SELECT minion_id, host(address) AS address, sip_port, setid, capacity, state, "
+    return page(request, "SELECT minion_id, host(address) AS address, sip_port, setid, capacity, state, "
                           "registered_at, updated_at, count(*) OVER () AS total FROM gopbx.nodes "
                           "WHERE (%s::int IS NULL OR setid = %s) AND (%s::text IS NULL OR state = %s) "
                           "ORDER BY minion_id", (setid, setid, state, state), limit, offset)
@@ -28,7 +21,7 @@ def list_nodes(request: Request, limit: Limit = 50, offset: Offset = 0,
 @router.get("/shard-assignments")
 def list_shard_assignments(request: Request, limit: Limit = 50, offset: Offset = 0,
                            setid: SetIdFilter = None):
-    return _page(request, "SELECT t.domain AS tenant, s.setid, s.assigned_at, s.assigned_by, "
+    return page(request, "SELECT t.domain AS tenant, s.setid, s.assigned_at, s.assigned_by, "
                           "count(*) OVER () AS total FROM gopbx.shard_assignments s "
                           "JOIN gopbx.tenants t ON t.id = s.tenant_id WHERE (%s::int IS NULL OR s.setid = %s) "
                           "ORDER BY t.domain", (setid, setid), limit, offset)

@@ -30,6 +30,9 @@ class Settings:
     # from Kamailio land in; there the tenant is Kamailio's X-GoPBX-Tenant header.
     freeswitch_profile: str = "internal"
     freeswitch_inbound_context: str = "kamailio"
+    # The salt-master's webhook engine (etc/salt/master.d/gopbx.conf), poked with the
+    # id of each provisioning request; empty where no master runs (the lab).
+    salt_webhook_url: str = ""
     # A comment line on idle SSE streams, so proxies and clients see it is alive.
     sse_heartbeat_seconds: float = 15.0
 

@@ -34,11 +34,14 @@ def created_rows_removed(app):
 @pytest.fixture(scope="module")
 def openapi(app, created_rows_removed):
     # The SSE stream never ends, so it can't be one generated request; its refusals
-    # (401, 403, unknown tenant) are tested in test_calls.py.
-    return schemathesis.openapi.from_asgi("/openapi.json", app).exclude(path_regex=r"/events$")
+    # (401, 403, unknown tenant) are tested in test_calls.py. A provisioning request
+    # would ask a salt-master for a VM (none here: 503); it is tested end to end in
+    # tests/integration/test_salt_cloud.py.
+    return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
-schema = schemathesis.pytest.from_fixture("openapi")
+schema = schemathesis.pytest.from_fixture("openapi").exclude(path_regex=r"/events$").exclude(
+    name="POST /v1/provisioning")
 
 
 @schema.parametrize()

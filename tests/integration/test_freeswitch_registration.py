@@ -12,6 +12,7 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
+from tests.render.checkers import free_port
 from tests.support import REPO, fake_secrets, load_module
 from tests.system import sip
 from tests.system.conftest import lab  # noqa: F401  (the lab, brought up by its own command)
@@ -83,7 +84,12 @@ def master(salt_factories, secrets, tmp_path_factory):
         "file_ignore_regex": [r"/\.git($|/)", r"/\.venv($|/)", r"/\.lab($|/)"],
         "pillar_roots": {"base": [str(REPO / "pillar"), str(site)]},
         "runner_dirs": [str(REPO / "_runners")],
-        "reactor": [{TAG: [str(REPO / "reactor" / "freeswitch-ready.sls")]}],
+        "reactor": [{TAG: [str(REPO / "reactor" / "freeswitch-ready.sls")]},
+                    {"salt/engines/hook/gopbx/provision": [str(REPO / "reactor" / "provision.sls")]}],
+        # The API pokes this for POST /v1/provisioning (tests/integration/test_salt_cloud.py).
+        "engines": [{"webhook": {"address": "127.0.0.1", "port": free_port()}}],
+        "cloud_dirs": [str(REPO / "_clouds")],
+        "utils_dirs": [str(REPO / "_utils")],
         "interface": "127.0.0.1",
         "gopbx": {
             "database_dsn": (f"host=127.28.0.12 port=5432 dbname=gopbx user=gopbx_salt "

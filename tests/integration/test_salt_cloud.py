@@ -9,14 +9,18 @@ would have given it (the user_data the driver sent).
 import base64
 import os
 import shutil
+import time
 
 import pytest
+import requests
 import yaml
+from fastapi.testclient import TestClient
 
 from tests.doubles.vultr import VultrDouble
 from tests.integration.test_freeswitch_registration import (  # noqa: F401  (fixtures)
     HASH, dispatcher_uris, fire, lab, master, minion, node_rows, secrets, wait_for)
-from tests.support import REPO
+from tests.system import sip
+from tests.support import REPO, load_module
 
 KEY = "vultr-double-key"
 
@@ -33,8 +37,13 @@ def cloud(master, vultr):  # noqa: F811
     """salt-cloud on the master's configuration, with this tree's provider and profiles."""
     conf = os.path.dirname(master.config["conf_file"])
     provider = yaml.safe_load((REPO / "cloud.providers.d" / "vultr.conf").read_text())
-    provider["vultr"].update(api_url=vultr.url, wait_for_active_interval=0.2, minion={"master": "127.0.0.1"})
-    del provider["vultr"]["api_key_file"]  # the key comes from the environment here
+    # The CLI gets the key from its environment; the master's runner (no such
+    # environment) from the provider's api_key_file.
+    key_file = f"{conf}/vultr-api-key"
+    with open(key_file, "w") as handle:
+        handle.write(KEY + "\n")
+    provider["vultr"].update(api_url=vultr.url, wait_for_active_interval=0.2, minion={"master": "127.0.0.1"},
+                             api_key_file=key_file)
     os.makedirs(f"{conf}/cloud.providers.d", exist_ok=True)
     with open(f"{conf}/cloud.providers.d/vultr.conf", "w") as handle:
         yaml.safe_dump(provider, handle)
@@ -142,3 +151,69 @@ def test_vultr_failures_are_surfaced_and_leave_nothing_behind(master, cloud, vul
     assert "No machines were found to be destroyed" in missing.stdout and len(vultr.instances) == 1
     assert cloud().run("-d", "fs-syd-8", "--assume-yes").returncode == 0
     assert vultr.instances == {} and accepted_key(master, "fs-syd-8") is None
+
+
+# --- provisioning through the API: request -> webhook -> reactor -> runner -> salt-cloud ---
+
+
+ADMIN_PASSWORD = "Provisioning-Admin-Pass-1"
+
+
+def api(secrets, webhook):  # noqa: F811
+    from gopbx_api.app import create_app
+    from gopbx_api.settings import Settings
+
+    passwords = load_module("api/gopbx_api", "passwords")
+    settings = Settings(
+        database_dsn=f"host=127.28.0.12 port=5432 dbname=gopbx user=gopbx_api password={secrets['postgres']['api']}",
+        kamailio_rpc_url=sip.RPC_URL, kamailio_sip_uri="sip:127.0.0.1:5060",
+        redis_url=f"redis://:{secrets['redis']['password']}@127.28.0.11:6379/0",
+        jwt_keys=["k" * 40], platform_admins={"admin": passwords.hash_password(ADMIN_PASSWORD)},
+        salt_webhook_url=webhook)
+    client = TestClient(create_app(settings))
+    token = client.post("/v1/token", json={"username": "admin", "password": ADMIN_PASSWORD}).json()["access_token"]
+    client.headers["Authorization"] = f"Bearer {token}"
+    return client
+
+
+def request_count(secrets):  # noqa: F811
+    with sip.db(secrets, "gopbx_salt") as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM gopbx.provisioning_requests")
+        return cursor.fetchone()[0]
+
+
+def test_the_api_asks_the_master_for_a_vm(master, secrets, cloud, vultr):  # noqa: F811
+    cloud()  # writes salt-cloud's configuration beside the master's, which the runner reads
+    webhook = f"http://127.0.0.1:{master.config['engines'][0]['webhook']['port']}/gopbx/provision"
+    client = api(secrets, webhook)
+    before = request_count(secrets)
+    # Bad input and an unconfigured API write nothing.
+    assert client.post("/v1/provisioning", json={"profile": "mainframe"}).status_code == 422
+    unconfigured = api(secrets, "")
+    reply = unconfigured.post("/v1/provisioning", json={"profile": "freeswitch"})
+    assert reply.status_code == 503 and "salt_webhook_url" in reply.json()["detail"]
+    assert request_count(secrets) == before
+
+    reply = client.post("/v1/provisioning", json={"profile": "freeswitch"})
+    assert reply.status_code == 202, reply.text
+    request_id = reply.json()["id"]
+    assert reply.json()["state"] == "pending" and reply.json()["requested_by"] == "admin"
+    assert wait_for(lambda: client.get(f"/v1/provisioning/{request_id}").json()["state"] in ("created", "failed"),
+                    timeout=120)
+    done = client.get(f"/v1/provisioning/{request_id}").json()
+    assert done["state"] == "created", done
+    name = done["name"]
+    (instance,) = vultr.instances.values()
+    assert instance["label"] == name and name.startswith("fs-syd-") and done["detail"]["id"] == instance["id"]
+    assert client.get("/v1/provisioning").json()["items"][0]["id"] == request_id
+
+    # Forged or replayed pokes make nothing: the runner acts only on a pending request.
+    requests.post(webhook, json={"request_id": request_id}, timeout=5)
+    requests.post(webhook, data=b"not json", timeout=5)
+    log_file = master.config["log_file"]
+    assert wait_for(lambda: f"request {request_id} is not pending" in open(log_file, errors="replace").read())
+    assert wait_for(lambda: "names no request id" in open(log_file, errors="replace").read())
+    time.sleep(1)
+    assert len(vultr.instances) == 1
+    assert cloud().run("-d", name, "--assume-yes").returncode == 0
+    assert vultr.instances == {}

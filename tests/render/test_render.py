@@ -261,6 +261,9 @@ def test_the_api_is_configured_for_the_plan(env, rendered, minion_id):
     assert settings["esl_password"] == secrets["freeswitch"]["esl_password"] and settings["esl_port"] == 8021
     # The freeswitch formula's profile and inbound context, so the dialplan matches the nodes.
     assert (settings["freeswitch_profile"], settings["freeswitch_inbound_context"]) == ("internal", "kamailio")
+    # Provisioning pokes the coordinator's salt-master; the lab runs none.
+    assert settings["salt_webhook_url"] == ("" if minion_id.startswith("lab-")
+                                            else "http://127.0.0.1:8000/gopbx/provision")
     for unit in (files["/etc/systemd/system/gopbx-api.service"], files["/etc/init.d/gopbx-api"]):
         assert f"--host {net}.30" in unit and "--port 8080" in unit
     for unit in (files["/etc/systemd/system/gopbx-call-events.service"], files["/etc/init.d/gopbx-call-events"]):
