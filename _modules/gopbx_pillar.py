@@ -232,6 +232,7 @@ SCHEMA = {
         "esl_port": _port,
         "sse_heartbeat_seconds": _positive_int,
         "salt_webhook_url": _text_or_empty,
+        "pip_options": _text_or_empty,
     },
     "nginx": {
         "server_name": _hostname,
@@ -267,6 +268,7 @@ SCHEMA = {
     "media_standin": {
         "setid": _positive_int,
         "addresses": _list_of(_text),
+        "dispatcher": _boolean,
     },
     "common": {
         "syslog": _dict_of({"package": _text, "service": _text, "drop_in_dir": _text, "process": _text}),
@@ -360,6 +362,8 @@ def network(pillar=None):
         _fail("network:internal:cidr", str(exc))
     if not _lookup(plan, "internal:interface"):
         _fail("network:internal:interface", "is missing")
+    if _lookup(plan, "internal:link_type") not in (None, "dummy", "bridge"):
+        _fail("network:internal:link_type", f"must be dummy or bridge, got {_lookup(plan, 'internal:link_type')!r}")
     services = {}
     for name, number in (plan.get("host_numbers") or {}).items():
         key = f"network:host_numbers:{name}"

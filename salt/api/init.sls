@@ -43,7 +43,8 @@ api-venv-created:
 api-requirements-installed:
   cmd.run:
     - name: >-
-        {{ home }}/venv/bin/pip install --quiet --disable-pip-version-check -r {{ home }}/requirements.txt
+        {{ home }}/venv/bin/pip install --quiet --disable-pip-version-check {{ api.pip_options }}
+        -r {{ home }}/requirements.txt
         && sha256sum {{ home }}/requirements.txt > {{ home }}/venv/requirements.sha256
     - unless: sha256sum --status -c {{ home }}/venv/requirements.sha256
     - require:

@@ -107,10 +107,24 @@ kamailio-log-config-managed:
     - watch_in:
       - service: common-syslog-service-running
 
+{#- Kamailio exits at start when its database can't be reached. On the standby that
+    is the coordinator's pgBouncer, which a parallel 'salt * state.apply' may still be
+    bringing up: wait for it (up to 5 minutes) rather than fail. #}
+{%- set database = kamailio.plan.pgbouncer ~ '/5432' %}
+kamailio-database-reachable:
+  cmd.run:
+    - name: >-
+        for attempt in $(seq 150); do (exec 3<>/dev/tcp/{{ database }}) 2>/dev/null && exit 0; sleep 2; done;
+        echo "pgBouncer at {{ database }} did not answer in 5 minutes" >&2; exit 1
+    - shell: /bin/bash
+    - unless: bash -c 'exec 3<>/dev/tcp/{{ database }}'
+
 kamailio-service-running:
   service.running:
     - name: kamailio
     - enable: True
+    - require:
+      - cmd: kamailio-database-reachable
     - watch:
       - file: kamailio-config-managed
       - file: kamailio-tls-config-managed

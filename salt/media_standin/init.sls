@@ -22,15 +22,28 @@ media-standin-init-managed:
         media_standin: {{ media_standin | json }}
     - mode: '0755'
 
+{#- Under systemd the init script becomes a unit once the generators run again. #}
+media-standin-systemd-reloaded:
+  cmd.run:
+    - name: systemctl daemon-reload
+    - onlyif: test -d /run/systemd/system
+    - onchanges:
+      - file: media-standin-init-managed
+
 media-standin-service-running:
   service.running:
     - name: gopbx-media-standin
     - enable: True
     - require:
       - pkg: media-standin-pkg-installed
+      - cmd: media-standin-systemd-reloaded
     - watch:
       - file: media-standin-scenario-managed
       - file: media-standin-init-managed
+
+{#- The stand-ins as the lab's dispatcher set, where the database and Kamailio are
+    on this host (the single-host lab); the multi-host lab's stand-ins only answer. #}
+{%- if media_standin.dispatcher %}
 
 media-standin-dispatcher-set-present:
   gopbx_db.dispatcher_set:
@@ -44,3 +57,4 @@ media-standin-dispatcher-reloaded:
     - name: kamcmd dispatcher.reload
     - onchanges:
       - gopbx_db: media-standin-dispatcher-set-present
+{%- endif %}

@@ -3,6 +3,9 @@
     loopback, where the whole 127/8 is already local, so there is nothing to do. #}
 {%- set plan = salt['gopbx_pillar.network']() %}
 {%- set interface = plan.internal.interface %}
+{#- A dummy link by default; a bridge with no ports holds addresses just as well
+    where the kernel has no dummy driver (the multi-host lab's machines). #}
+{%- set link_type = plan.internal.get('link_type', 'dummy') %}
 {%- set prefix = plan.internal.cidr.split('/')[1] %}
 {%- set addresses = plan.services.values() | unique | sort %}
 
@@ -15,7 +18,7 @@ network-internal-interface-config-managed:
         # Managed by Salt (network formula): GoPBX's internal service network.
         auto {{ interface }}
         iface {{ interface }} inet manual
-            pre-up ip link add {{ interface }} type dummy || true
+            pre-up ip link add {{ interface }} type {{ link_type }} || true
             up ip link set {{ interface }} up
         {%- for address in addresses %}
             up ip addr add {{ address }}/{{ prefix }} dev {{ interface }}
