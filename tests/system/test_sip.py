@@ -212,6 +212,9 @@ def test_with_one_media_node_down_calls_go_to_the_other(tenants, media):
                       for dest in dset["SET"]["TARGETS"]}
             return states.get(f"sip:{A_NODES[0]}", "")
         assert sip.wait_for(lambda: dead_node_flags().startswith("I"), timeout=20), dead_node_flags()
+        # And it stays out: a probe that times out (a local 408) must not count as an answer.
+        time.sleep(6)
+        assert dead_node_flags().startswith("I"), dead_node_flags()
     finally:
         media[A_NODES[0]] = sip.standin(A_NODES[0])
 
