@@ -356,7 +356,9 @@ def test_freeswitch_takes_calls_from_kamailio_only(freeswitch):
     lists = {item.get("name"): item for item in freeswitch["conf"]["acl.conf"].iter("list")}
     acl = lists[settings["apply-inbound-acl"]]
     assert acl.get("default") == "deny"
-    assert [(node.get("type"), node.get("cidr")) for node in acl] == [("allow", "172.28.0.15/32")]
+    # The plan's Kamailio address, and the floating IP Kamailio sends from on either host.
+    assert [(node.get("type"), node.get("cidr")) for node in acl] == [("allow", "172.28.0.15/32"),
+                                                                       ("allow", "103.43.75.51/32")]
     assert settings["inbound-codec-prefs"] == "OPUS,G722,PCMU,PCMA"
 
 
