@@ -46,3 +46,18 @@ def salt_call(config_dir, *args, minion_id=None, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"salt-call {' '.join(args)} failed ({proc.returncode}): {value}")
     return proc.returncode, value
+
+
+def sse_events(lines):
+    """Server-sent events from an iterator of text lines: each event as {"event", "data"}, None for a comment."""
+    current = {}
+    for line in lines:
+        if line.startswith(":"):
+            yield None
+        elif line.startswith("event: "):
+            current["event"] = line[7:]
+        elif line.startswith("data: "):
+            current["data"] = json.loads(line[6:])
+        elif not line and current:
+            yield current
+            current = {}

@@ -4,7 +4,6 @@ SSE stream, against real PostgreSQL and Redis, with FreeSWITCH's side played by 
 event-socket double (tests/doubles), which speaks the real protocol.
 """
 
-import json
 import threading
 import time
 
@@ -17,6 +16,7 @@ from gopbx_api import auth
 from gopbx_api.app import create_app
 from gopbx_api.call_events import CallEvents
 from tests.doubles.event_socket import EventSocketDouble
+from tests.support import sse_events
 
 SUFFIX = ".apitest.invalid"
 T, OTHER = "calls" + SUFFIX, "other-calls" + SUFFIX
@@ -179,19 +179,14 @@ def served(calls_app, follower):
 
 
 def read_events(lines, wanted):
-    events, heartbeats, current = [], 0, {}
-    for line in lines:
-        if line.startswith(": heartbeat"):
+    events, heartbeats = [], 0
+    for event in sse_events(lines):
+        if event is None:
             heartbeats += 1
-        elif line.startswith("event: "):
-            current["event"] = line[7:]
-        elif line.startswith("data: "):
-            current["data"] = json.loads(line[6:])
-        elif not line and current:
-            events.append(current)
-            current = {}
+        else:
+            events.append(event)
         if len(events) >= wanted:
-            return events, heartbeats
+            break
     return events, heartbeats
 
 

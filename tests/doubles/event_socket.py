@@ -17,6 +17,8 @@ import time
 import uuid as uuidlib
 from urllib.parse import quote
 
+from tests.doubles import ServedDouble
+
 
 def _message(headers, body=""):
     data = body.encode()
@@ -89,7 +91,7 @@ class _Session(socketserver.StreamRequestHandler):
         return "ALL" in self.subscribed or name in self.subscribed
 
 
-class EventSocketDouble:
+class EventSocketDouble(ServedDouble):
     def __init__(self, host="127.0.0.1", port=0, password="ClueCon-double"):
         self.password = password
         self.channels = {}
@@ -103,13 +105,8 @@ class EventSocketDouble:
         self._server.double = self
         self.host, self.port = self._server.server_address
 
-    def start(self):
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
     def stop(self):
-        self._server.shutdown()
-        self._server.server_close()
+        super().stop()
         self.drop_connections()
 
     # What tests do to it -------------------------------------------------

@@ -12,6 +12,8 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+from tests.doubles import ServedDouble
+
 REGIONS = [{"id": "syd", "city": "Sydney", "country": "AU", "continent": "Australia", "options": []},
            {"id": "mel", "city": "Melbourne", "country": "AU", "continent": "Australia", "options": []}]
 PLANS = [{"id": "vc2-2c-4gb", "vcpu_count": 2, "ram": 4096, "disk": 80, "monthly_cost": 20, "type": "vc2",
@@ -21,7 +23,7 @@ PLANS = [{"id": "vc2-2c-4gb", "vcpu_count": 2, "ram": 4096, "disk": 80, "monthly
 OS = [{"id": 2136, "name": "Debian 12 x64 (bookworm)", "arch": "x64", "family": "debian"}]
 
 
-class VultrDouble:
+class VultrDouble(ServedDouble):
     def __init__(self, api_key="vultr-double-key", polls_until_active=2, page_size=None):
         self.api_key, self.polls_until_active, self.page_size = api_key, polls_until_active, page_size
         self.instances, self.requests, self.failures = {}, [], []
@@ -31,14 +33,6 @@ class VultrDouble:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v2"
-
-    def start(self):
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self):
-        self._server.shutdown()
-        self._server.server_close()
 
     def fail(self, status, times=1, message="double says no"):
         """The next TIMES requests get STATUS."""

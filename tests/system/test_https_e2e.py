@@ -6,16 +6,15 @@ stand-in; live calls, hang-up and the SSE stream through Nginx from the deployed
 call-events service, with FreeSWITCH's event socket played by its double.
 """
 
-import json
 import os
 import ssl
 import threading
-import time
 
 import httpx
 import pytest
 
 from tests.doubles.event_socket import EventSocketDouble
+from tests.support import sse_events
 from tests.system import sip
 
 pytestmark = pytest.mark.system
@@ -130,16 +129,10 @@ def test_live_calls_stream_and_hang_up_through_nginx(https, tenant, freeswitch):
     def listen():
         with https.stream(f"/v1/tenants/{tenant}/events") as response:
             assert response.headers["content-type"].startswith("text/event-stream")
-            current = {}
-            for line in response.iter_lines():
-                ready.set()
-                if line.startswith("event: "):
-                    current["event"] = line[7:]
-                elif line.startswith("data: "):
-                    current["data"] = json.loads(line[6:])
-                elif not line and current:
-                    events.append(current)
-                    current = {}
+            lines = (ready.set() or line for line in response.iter_lines())
+            for event in sse_events(lines):
+                if event is not None:
+                    events.append(event)
                 if len(events) == 3:
                     return
 
