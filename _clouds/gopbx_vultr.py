@@ -66,10 +66,7 @@ def _api_key():
 
 
 def _client():
-    try:
-        return __utils__["gopbx_vultr.client"](_api_key(), url=_setting("api_url", default="https://api.vultr.com/v2"))  # noqa: F821
-    except Exception as exc:  # the client's VultrError: its message says what is wrong
-        raise SaltCloudSystemExit(str(exc)) from None
+    return __utils__["gopbx_vultr.client"](_api_key(), url=_setting("api_url", default="https://api.vultr.com/v2"))  # noqa: F821
 
 
 def _call(method, *args, **kwargs):
@@ -91,33 +88,33 @@ def _fire(action, name, **args):
 # --- listings ---
 
 
-def avail_locations(call=None):
+def _function_only(call, name, usage):
     if call == "action":
-        raise SaltCloudSystemExit("avail_locations is a function: use -f or --list-locations")
+        raise SaltCloudSystemExit(f"{name} is a function: use {usage}")
+
+
+def avail_locations(call=None):
+    _function_only(call, "avail_locations", "-f or --list-locations")
     return {region["id"]: region for region in _call("regions")}
 
 
 def avail_sizes(call=None):
-    if call == "action":
-        raise SaltCloudSystemExit("avail_sizes is a function: use -f or --list-sizes")
+    _function_only(call, "avail_sizes", "-f or --list-sizes")
     return {plan["id"]: plan for plan in _call("plans")}
 
 
 def avail_images(call=None):
-    if call == "action":
-        raise SaltCloudSystemExit("avail_images is a function: use -f or --list-images")
+    _function_only(call, "avail_images", "-f or --list-images")
     return {image["name"]: image for image in _call("operating_systems")}
 
 
 def list_nodes_full(call=None):
-    if call == "action":
-        raise SaltCloudSystemExit("list_nodes_full is a function: use -F")
+    _function_only(call, "list_nodes_full", "-F")
     return {instance["label"]: instance for instance in _call("instances")}
 
 
 def list_nodes(call=None):
-    if call == "action":
-        raise SaltCloudSystemExit("list_nodes is a function: use -Q")
+    _function_only(call, "list_nodes", "-Q")
     return {label: {"id": item["id"], "image": item.get("os"), "size": item.get("plan"),
                     "state": item.get("status"), "private_ips": [item["internal_ip"]] if item.get("internal_ip") else [],
                     "public_ips": [item["main_ip"]] if item.get("main_ip") not in (None, "", "0.0.0.0") else []}
