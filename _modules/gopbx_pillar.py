@@ -88,7 +88,7 @@ def _address(value):
 
 
 def _version(value):
-    if not isinstance(value, str) or not value.replace(".", "").isdigit() or value.count(".") != 1:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]+\.[0-9]+", value):
         raise ValueError(f"must be a quoted 'major.minor' version such as '5.8', got {value!r}")
     return value
 
@@ -141,7 +141,7 @@ _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a
 
 
 def _hostname(value):
-    if not isinstance(value, str) or not _HOSTNAME.match(value):
+    if not isinstance(value, str) or not _HOSTNAME.fullmatch(value):
         raise ValueError(f"must be a lower-case DNS name such as api.gopbx.au, got {value!r}")
     return value
 
@@ -154,13 +154,13 @@ _IDENTIFIER = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 
 def _identifier(value):
-    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
         raise ValueError(f"must be a lower-case name (letters, digits, '-', '_'), got {value!r}")
     return value
 
 
 def _module_name(value):
-    if not isinstance(value, str) or not re.match(r"^mod_[a-z0-9_]+$", value):
+    if not isinstance(value, str) or not re.fullmatch(r"mod_[a-z0-9_]+", value):
         raise ValueError(f"must name FreeSWITCH modules as mod_<name>, got {value!r}")
     return value
 
@@ -216,6 +216,7 @@ SCHEMA = {
                                 "ok_probes": _positive_int}),
         "media_timeout_seconds": _positive_int,
         "nat_ping_seconds": _positive_int,
+        "max_contacts": _positive_int,
         "srtp": _boolean,
     },
     "rtpengine": {

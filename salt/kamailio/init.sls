@@ -107,6 +107,29 @@ kamailio-log-config-managed:
     - watch_in:
       - service: common-syslog-service-running
 
+{#- The packages rotate their own logs; this one is the tree's. By day, and by size
+    whenever logrotate runs, copied and truncated so the syslog daemon needs no signal. #}
+kamailio-logrotate-managed:
+  pkg.installed:
+    - name: logrotate
+  file.managed:
+    - name: /etc/logrotate.d/gopbx-kamailio
+    - mode: '0644'
+    - contents: |
+        # Managed by Salt (kamailio formula).
+        /var/log/kamailio.log {
+            daily
+            maxsize 100M
+            rotate 14
+            compress
+            delaycompress
+            missingok
+            notifempty
+            copytruncate
+        }
+    - require:
+      - pkg: kamailio-logrotate-managed
+
 {#- Kamailio exits at start when its database can't be reached. On the standby that
     is the coordinator's pgBouncer, which a parallel 'salt * state.apply' may still be
     bringing up: wait for it (up to 5 minutes) rather than fail. #}

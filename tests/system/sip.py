@@ -318,7 +318,9 @@ def sipp(scenario, local_ip, keys, calls=1, rate=None, limit=None, auth=None, po
     """Run a SIPp UAC to completion; returns (exit code, its message log, its error log)."""
     with tempfile.TemporaryDirectory(prefix="gopbx-sipp-") as tmp:
         path = _write(scenario, tmp, "scenario.xml")
-        command = ["sipp", f"{target[0]}:{target[1]}", "-sf", str(path), "-i", local_ip, "-p", str(port),
+        # -ci: SIPp's control socket on the test's own address, not 0.0.0.0.
+        command = ["sipp", f"{target[0]}:{target[1]}", "-sf", str(path), "-i", local_ip, "-ci", local_ip,
+                   "-p", str(port),
                    "-m", str(calls), "-nostdin", "-timeout", f"{timeout}s", "-timeout_error",
                    "-recv_timeout", "8000", "-trace_msg", "-message_file", f"{tmp}/messages.log",
                    "-trace_err", "-error_file", f"{tmp}/errors.log"]
@@ -346,7 +348,7 @@ class SippProcess:
         self.dir = tempfile.mkdtemp(prefix="gopbx-sipp-")
         self.log = Path(self.dir) / "messages.log"
         command = ["sipp", "-sf", str(scenario_path), "-i", local_ip, "-p", str(port), "-mi", local_ip,
-                   "-nostdin", "-trace_msg", "-message_file", str(self.log), *extra]
+                   "-ci", local_ip, "-nostdin", "-trace_msg", "-message_file", str(self.log), *extra]
         self.process = subprocess.Popen(command, cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.address = f"{local_ip}:{port}"
         time.sleep(0.3)

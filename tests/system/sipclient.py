@@ -75,19 +75,22 @@ def register_tls(target, domain, user, password, local_ip):
         return response
 
 
-def options(target, local_ip):
-    """An OPTIONS keepalive to Kamailio itself over UDP; returns the response."""
+def options(target, local_ip, timeout=5):
+    """An OPTIONS keepalive to Kamailio itself over UDP; returns the response, or None if none came."""
     call_id = uuid.uuid4().hex
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((local_ip, 0))
-        sock.settimeout(5)
+        sock.settimeout(timeout)
         port = sock.getsockname()[1]
         request = (f"OPTIONS sip:{target[0]}:{target[1]} SIP/2.0\r\n"
                    f"Via: SIP/2.0/UDP {local_ip}:{port};branch=z9hG4bK{call_id}\r\n"
                    f"From: <sip:probe@{local_ip}>;tag=1\r\nTo: <sip:{target[0]}>\r\nCall-ID: {call_id}\r\n"
                    f"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
         sock.sendto(request.encode(), target)
-        return sock.recv(65535).decode(errors="replace")
+        try:
+            return sock.recv(65535).decode(errors="replace")
+        except (socket.timeout, TimeoutError):
+            return None
 
 
 def malformed_requests():
@@ -127,3 +130,134 @@ def send_malformed(target, local_ips):
             except OSError:
                 pass  # e.g. a payload too large for one datagram
     return sent
+
+
+class UdpPeer:
+    """
+    One UDP SIP socket, byte by byte: for attacks SIPp cannot express (forged
+    routes, stray replies, smuggled line ends) and for a third party that only
+    listens. Bound to a loopback address the test chose; closed by close().
+    """
+
+    def __init__(self, local_ip, port=0):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((local_ip, port))
+        self.ip, self.port = self.sock.getsockname()
+
+    def send(self, message, target):
+        self.sock.sendto(message.encode() if isinstance(message, str) else message, target)
+
+    def receive(self, timeout=2.0):
+        """Everything that arrives within ``timeout`` seconds, as text."""
+        self.sock.settimeout(timeout)
+        messages = []
+        try:
+            while True:
+                messages.append(self.sock.recv(65535).decode(errors="replace"))
+                self.sock.settimeout(0.3)
+        except (socket.timeout, TimeoutError):
+            return messages
+
+    def final_response(self, timeout=5.0):
+        """The first final (>= 200) response that arrives, or None."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                text = self.sock.recv(65535).decode(errors="replace")
+                if re.match(r"SIP/2.0 [2-6]\d\d ", text):
+                    return text
+        except (socket.timeout, TimeoutError):
+            return None
+
+    def close(self):
+        self.sock.close()
+
+
+def header(message, name):
+    found = re.search(rf"(?im)^{name}\s*:\s*(.*?)\r?$", message)
+    return found.group(1) if found else None
+
+
+def request(method, uri, peer, call_id, from_uri, from_tag, to_uri, to_tag="", cseq=1, routes=(),
+            extra="", body="", content_type="application/sdp"):
+    """A SIP request as text (routes: Route header values, in order)."""
+    lines = [f"{method} {uri} SIP/2.0",
+             f"Via: SIP/2.0/UDP {peer.ip}:{peer.port};branch=z9hG4bK{uuid.uuid4().hex};rport",
+             f"From: <{from_uri}>;tag={from_tag}",
+             f"To: <{to_uri}>" + (f";tag={to_tag}" if to_tag else ""),
+             f"Call-ID: {call_id}", f"CSeq: {cseq} {method}",
+             f"Contact: <sip:device@{peer.ip}:{peer.port}>", "Max-Forwards: 70"]
+    lines += [f"Route: {route}" for route in routes]
+    if extra:
+        lines += extra.rstrip("\r\n").split("\r\n")
+    if body:
+        lines.append(f"Content-Type: {content_type}")
+    lines.append(f"Content-Length: {len(body.encode())}")
+    return "\r\n".join(lines) + "\r\n\r\n" + body
+
+
+def sdp(ip, port=40000):
+    return (f"v=0\r\no=device 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n"
+            f"m=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n")
+
+
+def call(peer, target, domain, user, password, callee):
+    """
+    An authenticated call from ``peer`` through Kamailio, answered and ACKed.
+    Returns the dialog: call_id, from/to URIs and tags, the route set (the 200's
+    Record-Route, reversed), the remote target (its Contact) and the next CSeq.
+    """
+    call_id, from_tag = uuid.uuid4().hex, uuid.uuid4().hex[:10]
+    from_uri, to_uri = f"sip:{user}@{domain}", f"sip:{callee}@{domain}"
+    invite = request("INVITE", to_uri, peer, call_id, from_uri, from_tag, to_uri, body=sdp(peer.ip))
+    peer.send(invite, target)
+    challenge = peer.final_response()
+    assert challenge and challenge.startswith("SIP/2.0 407"), challenge
+    peer.send(request("ACK", to_uri, peer, call_id, from_uri, from_tag, to_uri,
+                      to_tag=_tag(header(challenge, "To"))), target)
+    authorization = _digest(header(challenge, "Proxy-Authenticate"), "INVITE", to_uri, user, password)
+    peer.send(request("INVITE", to_uri, peer, call_id, from_uri, from_tag, to_uri, cseq=2,
+                      extra=f"Proxy-Authorization: {authorization}", body=sdp(peer.ip)), target)
+    answer = peer.final_response()
+    assert answer and answer.startswith("SIP/2.0 200"), answer
+    routes = list(reversed(re.findall(r"(?im)^Record-Route\s*:\s*(.*?)\r?$", answer)))
+    routes = [route.strip() for value in routes for route in reversed(value.split(","))]
+    dialog = {"call_id": call_id, "from_uri": from_uri, "from_tag": from_tag, "to_uri": to_uri,
+              "to_tag": _tag(header(answer, "To")), "routes": routes,
+              "target": re.search(r"<([^>]+)>", header(answer, "Contact")).group(1), "cseq": 3}
+    peer.send(in_dialog("ACK", peer, dialog, cseq=2), target)
+    return dialog
+
+
+def in_dialog(method, peer, dialog, uri=None, routes=None, extra="", cseq=None):
+    """A request inside ``dialog`` (by default along its own route to its remote target)."""
+    if cseq is None:
+        cseq = dialog["cseq"]
+        dialog["cseq"] += 1
+    return request(method, uri or dialog["target"], peer, dialog["call_id"], dialog["from_uri"],
+                   dialog["from_tag"], dialog["to_uri"], dialog["to_tag"], cseq=cseq,
+                   routes=dialog["routes"] if routes is None else routes, extra=extra)
+
+
+def _tag(value):
+    found = re.search(r";\s*tag=([^;>\s]+)", value or "")
+    return found.group(1) if found else ""
+
+
+def register(peer, target, domain, user, password, contacts, expires=600):
+    """A REGISTER from ``peer`` binding ``contacts`` (URIs), answering the challenge; the final response."""
+    call_id, uri, aor = uuid.uuid4().hex, f"sip:{domain}", f"sip:{user}@{domain}"
+    contact_header = "Contact: " + ", ".join(f"<{contact}>" for contact in contacts) + f"\r\nExpires: {expires}"
+    authorization = ""
+    for cseq in (1, 2):
+        message = request("REGISTER", uri, peer, call_id, aor, call_id[:8], aor, cseq=cseq,
+                          extra=contact_header + authorization)
+        # request() adds the peer's own Contact first: this REGISTER names only ``contacts``.
+        message = re.sub(r"(?m)^Contact: <sip:device@[^>]+>\r\n", "", message, count=1)
+        peer.send(message, target)
+        response = peer.final_response()
+        challenge = header(response or "", "WWW-Authenticate")
+        if not (response or "").startswith("SIP/2.0 401") or not challenge:
+            return response
+        authorization = f"\r\nAuthorization: {_digest(challenge, 'REGISTER', uri, user, password)}"
+    return response
