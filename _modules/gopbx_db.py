@@ -28,7 +28,7 @@ def __virtual__():
 
 
 def _identifier(name):
-    if not IDENTIFIER.match(name or ""):
+    if not IDENTIFIER.fullmatch(name or ""):
         raise CommandExecutionError(f"not a plain PostgreSQL identifier: {name!r}")
     return name
 
@@ -151,7 +151,7 @@ def migration_files(directory):
     """
     found = []
     for file_name in sorted(os.listdir(directory)):
-        match = MIGRATION_FILE.match(file_name)
+        match = MIGRATION_FILE.fullmatch(file_name)
         if not match:
             continue
         with open(os.path.join(directory, file_name), "rb") as handle:
@@ -225,7 +225,7 @@ def migrate(dbname, directory):
     for file_name in pending:
         with open(os.path.join(directory, file_name), encoding="utf-8") as handle:
             body = handle.read()
-        version = int(MIGRATION_FILE.match(file_name).group(1))
+        version = int(MIGRATION_FILE.fullmatch(file_name).group(1))
         psql(
             "BEGIN;\n"
             f"{body}\n;\n"

@@ -112,7 +112,7 @@ def _check_ready_event(event, settings):
         return None, "the event is not a mapping"
     minion_id = event.get("id")
     payload = event.get("data")
-    if not isinstance(minion_id, str) or not NODE_ID.match(minion_id):
+    if not isinstance(minion_id, str) or not NODE_ID.fullmatch(minion_id):
         return None, "the minion id is not fs-<region>-<n>"
     if not _accepted(minion_id):
         return None, "the minion's key is not accepted"
@@ -129,7 +129,7 @@ def _check_ready_event(event, settings):
     if type(capacity) is not int or not 1 <= capacity <= 100000:
         return None, f"capacity {capacity!r} is not a whole number from 1 to 100000"
     password_hash = payload.get("xml_curl_password_hash")
-    if not isinstance(password_hash, str) or not PASSWORD_HASH.match(password_hash):
+    if not isinstance(password_hash, str) or not PASSWORD_HASH.fullmatch(password_hash):
         return None, "xml_curl_password_hash is not a PBKDF2-SHA256 hash"
     return (minion_id, str(address), capacity, password_hash), None
 
@@ -140,7 +140,7 @@ def _placement(cursor, settings, minion_id):
     if chosen is not None:
         cursor.execute("SELECT setid FROM gopbx.dispatcher_sets WHERE setid = %s", (chosen,))
     else:
-        region = NODE_ID.match(minion_id).group(1)
+        region = NODE_ID.fullmatch(minion_id).group(1)
         cursor.execute("SELECT s.setid FROM gopbx.dispatcher_sets s LEFT JOIN gopbx.nodes n ON n.setid = s.setid "
                        "AND n.state = 'active' WHERE s.region = %s GROUP BY s.setid "
                        "ORDER BY count(n.id), s.setid LIMIT 1", (region,))

@@ -4,11 +4,12 @@ import time
 
 import redis
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from . import auth, calls, nodes, passwords, provisioning, tenants, xmlcurl
-from .db import Database
+from .db import Busy, Database
 from .kamailio import Kamailio
 from .models import TokenRequest
 
@@ -16,7 +17,8 @@ MAX_BODY_BYTES = 64 * 1024
 
 
 def create_app(settings, database=None, kamailio=None):
-    app = FastAPI(title="GoPBX API", version="0.1.0")
+    # No slash redirects: they build an absolute Location from the request's Host.
+    app = FastAPI(title="GoPBX API", version="0.1.0", redirect_slashes=False)
     app.state.settings = settings
     app.state.db = database or Database(settings.database_dsn)
     app.state.kamailio = kamailio or Kamailio(settings.kamailio_rpc_url)
@@ -36,12 +38,19 @@ def create_app(settings, database=None, kamailio=None):
         latency.labels(route).observe(time.perf_counter() - started)
         return response
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        # Where and why, never the input itself: it may not be encodable as JSON
+        # (a lone surrogate, NaN, 1e309), and echoing it back helps no one.
+        errors = [{"loc": list(error.get("loc", ())), "msg": str(error.get("msg", "")), "type": error.get("type")}
+                  for error in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(Busy)
+    async def busy(request: Request, exc: Busy):
+        return JSONResponse({"detail": f"busy, try again: {exc}"}, status_code=503, headers={"Retry-After": "1"})
 
     @app.post("/v1/token")
     def token(body: TokenRequest, request: Request):
@@ -84,13 +93,59 @@ def _healthy(check, state):
 
 
 def _login(state, username, password):
-    stored = state.settings.platform_admins.get(username)
-    if stored is not None:
-        return auth.Principal(username, auth.PLATFORM) if passwords.verify_password(password, stored) else None
+    """The principal for these credentials, or None. Every path runs one PBKDF2 check
+    and one query, so the time taken does not tell whether a username exists."""
     with state.db.transaction() as cursor:
         cursor.execute("SELECT a.password_hash, t.domain FROM gopbx.tenant_admins a "
                        "JOIN gopbx.tenants t ON t.id = a.tenant_id WHERE a.username = %s", (username,))
         row = cursor.fetchone()
-    if row and passwords.verify_password(password, row["password_hash"]):
-        return auth.Principal(username, auth.TENANT, row["domain"])
-    return None
+    admin_hash = state.settings.platform_admins.get(username)
+    if admin_hash is not None:
+        who, stored = auth.Principal(username, auth.PLATFORM), admin_hash
+    elif row is not None:
+        who, stored = auth.Principal(username, auth.TENANT, row["domain"]), row["password_hash"]
+    else:
+        who, stored = None, passwords.DUMMY_HASH
+    return who if passwords.verify_password(password, stored) and who is not None else None
+
+
+class BodyLimit:
+    """
+    Refuse bodies over max_bytes with 413, whether or not they declare a
+    Content-Length: the body (small by then) is read first and counted as it
+    arrives, chunked or not, then handed on to the app.
+    """
+
+    def __init__(self, app, max_bytes):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await self._too_large(scope, send)
+        parts, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            parts.append(message.get("body", b""))
+            size += len(parts[-1])
+            if size > self.max_bytes:
+                return await self._too_large(scope, send)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # later calls wait for the disconnect, as before
+            replayed = True
+            return {"type": "http.request", "body": b"".join(parts), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope, send):
+        response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)
+        await response(scope, None, send)

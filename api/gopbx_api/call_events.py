@@ -19,7 +19,7 @@ import threading
 import time
 
 from . import esl
-from .models import DOMAIN
+from .models import is_domain
 
 log = logging.getLogger("gopbx_api.call_events")
 EVENTS = ("CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_HANGUP_COMPLETE")
@@ -83,7 +83,7 @@ class CallStore:
 
 def _call_from_event(node, event):
     tenant = event.get("variable_sip_h_X-GoPBX-Tenant", "")
-    if event.get("Call-Direction") != "inbound" or not DOMAIN.match(tenant):
+    if event.get("Call-Direction") != "inbound" or not is_domain(tenant):
         return None  # b-legs, and anything not stamped by Kamailio with a tenant
     return {"uuid": event["Unique-ID"], "node": node, "tenant": tenant,
             "caller": event.get("Caller-Caller-ID-Number", ""),

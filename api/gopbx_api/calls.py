@@ -34,7 +34,7 @@ def live_calls(domain: DomainPath, request: Request, who: auth.Principal = Depen
 @router.delete("/tenants/{domain}/calls/{call_uuid}", status_code=204)
 def hang_up(domain: DomainPath, call_uuid: str, request: Request, who: auth.Principal = Depends(auth.principal)):
     _existing_tenant(request, who, domain)
-    if not UUID.match(call_uuid):
+    if not UUID.fullmatch(call_uuid):
         raise HTTPException(422, detail="a call is named by its lower-case UUID")
     # Only a call recorded under this tenant can be reached: the tenant scope holds.
     call = CallStore(request.app.state.redis).get(domain, call_uuid)

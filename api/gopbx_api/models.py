@@ -19,7 +19,17 @@ DomainPath = Annotated[str, Path(min_length=4, max_length=64,
                                  pattern=r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")]
 NumberPath = Annotated[str, Path(pattern=r"^[0-9]{2,15}$")]
 
-DOMAIN = re.compile(r"^(?=.{4,64}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+# Always used with fullmatch: re.match with "$" also accepts a trailing newline,
+# which once let "name.example\n" in beside "name.example".
+DOMAIN = re.compile(r"(?=.{4,64}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+# C0 and C1 controls (CR and LF among them): text may end up in SIP headers and XML.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Lone UTF-16 surrogates parse from JSON ("\ud800") but cannot be encoded as UTF-8.
+SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def is_domain(value):
+    return isinstance(value, str) and DOMAIN.fullmatch(value) is not None
 
 
 class Strict(BaseModel):
@@ -27,10 +37,14 @@ class Strict(BaseModel):
 
     @field_validator("*")
     @classmethod
-    def no_nul_bytes(cls, value):
-        # PostgreSQL text can't hold NUL: refuse it here rather than fail in psycopg2.
-        if isinstance(value, str) and "\x00" in value:
-            raise ValueError("must not contain NUL characters")
+    def plain_text(cls, value):
+        # PostgreSQL can't store NUL or lone surrogates, and CR/LF in a name would
+        # end up in SIP and XML: refuse them here rather than fail later.
+        if isinstance(value, str):
+            if SURROGATE.search(value):
+                raise ValueError("must be valid Unicode (no lone surrogates)")
+            if CONTROL.search(value):
+                raise ValueError("must not contain control characters (CR, LF, NUL, ...)")
         return value
 
 
@@ -50,7 +64,7 @@ class TenantIn(Strict):
     @field_validator("domain")
     @classmethod
     def domain_is_a_hostname(cls, value):
-        if not DOMAIN.match(value):
+        if not is_domain(value):
             raise ValueError("must be a lower-case DNS name of 4 to 64 characters, such as acme.gopbx.au")
         return value
 

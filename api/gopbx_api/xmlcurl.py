@@ -14,12 +14,13 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
-from .models import DOMAIN
-from .passwords import verify_password_cached
+from .models import is_domain
+from .passwords import DUMMY_HASH, verify_password_cached
 
 router = APIRouter(prefix="/v1")
 basic = HTTPBasic(auto_error=False)
-NODE_ID = re.compile(r"^fs-[a-z]+-[0-9]+$")
+NODE_ID = re.compile(r"fs-[a-z]+-[0-9]+")
+EXTENSION = re.compile(r"[0-9]{2,15}")
 XML = "text/xml"
 NOT_FOUND = ('<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n<document type="freeswitch/xml">'
              '<section name="result"><result status="not found"/></section></document>')
@@ -29,22 +30,23 @@ def media_node(request: Request, credentials: HTTPBasicCredentials | None = Depe
     """The calling FreeSWITCH node: known, active, from its own address, with its password."""
     refused = HTTPException(401, detail="FreeSWITCH node credentials required",
                             headers={"WWW-Authenticate": "Basic"})
-    if credentials is None or not NODE_ID.match(credentials.username):
+    if credentials is None or not NODE_ID.fullmatch(credentials.username):
         raise refused
     with request.app.state.db.transaction() as cursor:
         cursor.execute("SELECT minion_id, host(address) AS address, xml_curl_password_hash FROM gopbx.nodes "
                        "WHERE minion_id = %s AND state = 'active'", (credentials.username,))
         node = cursor.fetchone()
     # Verify a hash even for an unknown node, so timing does not tell which nodes exist.
-    stored = node["xml_curl_password_hash"] if node and node["xml_curl_password_hash"] else _DUMMY_HASH
+    stored = node["xml_curl_password_hash"] if node and node["xml_curl_password_hash"] else DUMMY_HASH
     if not verify_password_cached(credentials.password, stored) or node is None:
         raise refused
-    if request.client is None or request.client.host != node["address"]:
+    # Nodes talk to the API directly, never through Nginx: a forwarded request is
+    # not a node's, whatever address its headers claim.
+    # (uvicorn trusts forwarded headers from Nginx's address only, so request.client
+    # is the TCP peer here.)
+    if "x-forwarded-for" in request.headers or request.client is None or request.client.host != node["address"]:
         raise HTTPException(403, detail="not from that node's address")
     return node["minion_id"]
-
-
-_DUMMY_HASH = "pbkdf2_sha256$200000$" + "A" * 24 + "$" + "A" * 44
 
 
 def _document(section):
@@ -65,7 +67,7 @@ def _param(parent, tag, name, value):
 async def directory(request: Request, node: str = Depends(media_node)):
     form = await request.form()
     domain, user = form.get("domain", ""), form.get("user", "")
-    if form.get("section") != "directory" or not DOMAIN.match(domain) or not user.isdigit():
+    if form.get("section") != "directory" or not is_domain(domain) or not EXTENSION.fullmatch(user):
         return Response(NOT_FOUND, media_type=XML)
     with request.app.state.db.transaction() as cursor:
         cursor.execute("SELECT e.number, e.caller_id_name, s.ha1 FROM gopbx.extensions e "
@@ -101,7 +103,7 @@ async def dialplan(request: Request, node: str = Depends(media_node)):
         tenant = form.get("variable_sip_h_X-GoPBX-Tenant", "")
     else:
         tenant = context
-    if form.get("section") != "dialplan" or not DOMAIN.match(tenant):
+    if form.get("section") != "dialplan" or not is_domain(tenant):
         return Response(NOT_FOUND, media_type=XML)
     with request.app.state.db.transaction() as cursor:
         cursor.execute("SELECT 1 FROM gopbx.tenants WHERE domain = %s AND enabled", (tenant,))

@@ -196,3 +196,31 @@ def test_metrics_count_requests_by_route(client, admin):
     text = client.get("/metrics").text
     assert 'gopbx_api_requests_total{method="GET",route="/v1/tenants/{domain}",status="200"}' in text
     assert A not in text
+
+
+def test_a_request_waits_for_a_connection_then_gets_503_with_retry_after(settings_for, keys):
+    # One connection, held by another request: the next waits, then answers 503, never 500.
+    from gopbx_api.db import Database
+    settings = settings_for(keys[:1])
+    application = create_app(settings, database=Database(settings.database_dsn, maxconn=1, wait_seconds=0.2))
+    token = auth.issue(settings, auth.Principal("admin", auth.PLATFORM))
+    try:
+        with application.state.db.transaction():
+            reply = TestClient(application).get("/v1/tenants", headers={"Authorization": f"Bearer {token}"})
+        assert reply.status_code == 503 and reply.headers["retry-after"] == "1"
+        assert "busy" in reply.json()["detail"]
+        # Free again: served.
+        reply = TestClient(application).get("/v1/tenants", headers={"Authorization": f"Bearer {token}"})
+        assert reply.status_code == 200
+    finally:
+        application.state.db.close()
+
+
+@pytest.mark.parametrize("username", ["admin", "nobody-at-all", "tenant-admin-that-is-not"])
+def test_every_login_checks_exactly_one_full_strength_hash(client, monkeypatch, username):
+    checked = []
+    real = passwords.verify_password
+    monkeypatch.setattr(passwords, "verify_password",
+                        lambda password, stored: checked.append(stored.split("$")[1]) or real(password, stored))
+    assert client.post("/v1/token", json={"username": username, "password": "Wrong-Pass-123"}).status_code == 401
+    assert checked == [str(passwords.ITERATIONS)]

@@ -58,7 +58,8 @@ api-settings-managed:
     - template: jinja
     - context:
         api: {{ api | json }}
-        kamailio_sip: {{ (salt['gopbx_pillar.plain']('kamailio:sip_addresses', ['127.0.0.1'])[0] ~ ':5060') | json }}
+        {#- Media nodes send calls for devices to Kamailio's internal SIP socket. #}
+        kamailio_sip: {{ (api.plan.kamailio ~ ':' ~ salt['pillar.get']('kamailio:sip_port', 5060)) | json }}
         previous_keys: {{ salt['gopbx_pillar.plain']('api:previous_jwt_keys', []) | json }}
     - user: root
     - group: gopbx-api
