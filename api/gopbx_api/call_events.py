@@ -103,7 +103,8 @@ class NodeFollower(threading.Thread):
         backoff = 1
         while not self.stopping.is_set():
             try:
-                with esl.Connection(self.address, self.settings.esl_port, self.settings.esl_password) as conn:
+                with esl.Connection(self.address, self.settings.esl_port, self.settings.esl_password,
+                                    source_address=self.settings.esl_source_address or None) as conn:
                     self._follow(conn)
                 backoff = 1
             except (esl.EventSocketError, OSError) as exc:

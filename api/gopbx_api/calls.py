@@ -47,7 +47,8 @@ def hang_up(domain: DomainPath, call_uuid: str, request: Request, who: auth.Prin
     if node is None or not settings.esl_password:
         raise HTTPException(502, detail="the call's media node is not reachable")
     try:
-        with esl.Connection(node["address"], settings.esl_port, settings.esl_password) as conn:
+        with esl.Connection(node["address"], settings.esl_port, settings.esl_password,
+                            source_address=settings.esl_source_address or None) as conn:
             answer = conn.api(f"uuid_kill {call_uuid}")
     except esl.EventSocketError as exc:
         raise HTTPException(502, detail=f"the call's media node did not answer: {exc}") from None

@@ -29,9 +29,12 @@ def _parse_headers(text, decode=False):
 
 
 class Connection:
-    def __init__(self, host, port, password, timeout=5.0):
+    def __init__(self, host, port, password, timeout=5.0, source_address=None):
         try:
-            self._sock = socket.create_connection((host, port), timeout=timeout)
+            # From the address the node's event-socket ACL lists (the API's plan
+            # address), not whichever one the routing table would pick.
+            self._sock = socket.create_connection((host, port), timeout=timeout,
+                                                  source_address=(source_address, 0) if source_address else None)
         except OSError as exc:
             raise EventSocketError(f"cannot reach {host}:{port}: {exc}") from None
         # Our own buffer, not makefile(): a file object is unusable after one timeout.

@@ -25,6 +25,9 @@ class Settings:
     # call-events service follows them, hang-up sends uuid_kill.
     esl_password: str = ""
     esl_port: int = 8021
+    # The source address of those connections: what the nodes' ACLs allow (the API's
+    # plan address). Empty: the routing table's choice.
+    esl_source_address: str = ""
     node_refresh_seconds: float = 10.0
     # The media nodes' SIP profile (b-legs go out through it) and the context calls
     # from Kamailio land in; there the tenant is Kamailio's X-GoPBX-Tenant header.

@@ -117,17 +117,23 @@ async def dialplan(request: Request, node: str = Depends(media_node)):
     #    value must be digits; without it the call is refused.
     limit = ET.SubElement(context_element, "extension", {"name": "gopbx-tenant-limit", "continue": "true"})
     condition = ET.SubElement(limit, "condition", field="${sip_h_X-GoPBX-MaxCalls}", expression="^[0-9]+$")
+    #    'limit' runs when the call executes (FreeSWITCH cannot run it inline while
+    #    hunting: "This application cannot be executed inline").
     ET.SubElement(condition, "action", application="limit",
-                  data=f"hash gopbx {tenant} ${{sip_h_X-GoPBX-MaxCalls}} !USER_BUSY", inline="true")
+                  data=f"hash gopbx {tenant} ${{sip_h_X-GoPBX-MaxCalls}} !USER_BUSY")
     ET.SubElement(condition, "action", application="set", data="continue_on_fail=false", inline="true")
     ET.SubElement(condition, "anti-action", application="respond", data="403 Missing tenant call limit")
-    # 2. Extension to extension inside the tenant: back through Kamailio, which
-    #    delivers to the device's registration. Nothing routes to another tenant.
+    # 2. Extension to extension inside the tenant: back through Kamailio (fs_path:
+    #    sent to Kamailio's internal socket), which delivers to the device's
+    #    registration; From carries the tenant's domain, so the callee can call
+    #    back. Nothing routes to another tenant. No <...> in the dial string:
+    #    sofia takes the first one as the destination.
     local = ET.SubElement(context_element, "extension", name="gopbx-local-extension")
     condition = ET.SubElement(local, "condition", field="destination_number", expression="^([0-9]{2,15})$")
     ET.SubElement(condition, "action", application="set", data="sip_copy_custom_headers=false")
+    ET.SubElement(condition, "action", application="set", data=f"sip_invite_domain={tenant}")
     ET.SubElement(condition, "action", application="bridge",
-                  data=f"sofia/{settings.freeswitch_profile}/sip:$1@{tenant};fs_path=<{kamailio}>")
+                  data=f"sofia/{settings.freeswitch_profile}/sip:$1@{tenant};fs_path={kamailio}")
     # 3. Anything else is refused.
     refuse = ET.SubElement(context_element, "extension", name="gopbx-no-route")
     condition = ET.SubElement(refuse, "condition", field="destination_number", expression="^.*$")

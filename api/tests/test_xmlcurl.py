@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gopbx_api import passwords
+from tests.doubles import freeswitch_rules
 
 SUFFIX = ".apitest.invalid"
 T = "x" + SUFFIX
@@ -77,8 +78,7 @@ def test_the_dialplan_is_a_context_per_tenant_with_a_guarded_limit(node):
     assert condition.find("action[@application='limit']").get("data") == \
         f"hash gopbx {T} ${{sip_h_X-GoPBX-MaxCalls}} !USER_BUSY"
     assert condition.find("anti-action").get("data").startswith("403")
-    bridge = context.find("./extension[@name='gopbx-local-extension']/condition/action[@application='bridge']")
-    assert bridge.get("data") == f"sofia/internal/sip:$1@{T};fs_path=<sip:127.0.0.1:5060>"
+    assert_freeswitch_would_call_the_extension_through_kamailio(context)
     # Nothing in the context leads to another tenant.
     assert all(T in action.get("data", T) or "@" not in action.get("data", "")
                for action in context.iter("action"))
@@ -92,8 +92,33 @@ def test_a_call_from_kamailio_takes_its_tenant_from_the_header(node):
     assert context is not None
     limit = context.find("./extension[@name='gopbx-tenant-limit']/condition/action[@application='limit']")
     assert limit.get("data") == f"hash gopbx {T} ${{sip_h_X-GoPBX-MaxCalls}} !USER_BUSY"
-    bridge = context.find("./extension[@name='gopbx-local-extension']/condition/action[@application='bridge']")
-    assert bridge.get("data") == f"sofia/internal/sip:$1@{T};fs_path=<sip:127.0.0.1:5060>"
+    assert_freeswitch_would_call_the_extension_through_kamailio(context)
+
+
+def assert_freeswitch_would_call_the_extension_through_kamailio(context):
+    """Read as FreeSWITCH reads it (tests/doubles/freeswitch_rules: from its source)."""
+    assert freeswitch_rules.inline_refusals(context) == []
+    local = context.find("./extension[@name='gopbx-local-extension']/condition")
+    bridge = local.find("action[@application='bridge']")
+    # The callee, sent by way of Kamailio's SIP socket (not Kamailio itself as the callee).
+    assert freeswitch_rules.sofia_destination(bridge.get("data")) == (f"sip:$1@{T}", "sip:127.0.0.1:5060")
+    # The callee sees the tenant's domain as the caller's, so it can call back.
+    sets = [action.get("data") for action in local.findall("action[@application='set']")]
+    assert f"sip_invite_domain={T}" in sets and "sip_copy_custom_headers=false" in sets
+    # limit runs when the call executes (it cannot run inline), before the bridge.
+    limit = context.find(".//action[@application='limit']")
+    assert limit.get("inline") is None
+    actions = [action.get("application") for action in context.iter("action")]
+    assert actions.index("limit") < actions.index("bridge")
+
+
+def test_the_rules_of_the_freeswitch_double_catch_last_rounds_defects():
+    # What the API once sent, and a real FreeSWITCH 1.10.12 refused.
+    assert freeswitch_rules.sofia_destination(f"sofia/internal/sip:$1@{T};fs_path=<sip:127.0.0.1:5060>") == \
+        ("sip:127.0.0.1:5060", None)
+    old = ET.fromstring('<extension><condition><action application="limit" data="hash a b 1" inline="true"/>'
+                        '<action application="set" data="x=1" inline="true"/></condition></extension>')
+    assert freeswitch_rules.inline_refusals(old) == ["limit"]
 
 
 @pytest.mark.parametrize("fields", [

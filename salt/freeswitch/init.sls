@@ -3,7 +3,8 @@
     users and dialplans from the API over mod_xml_curl. #}
 {%- from 'freeswitch/map.jinja' import freeswitch with context %}
 {%- set config_files = ['freeswitch.xml', 'vars.xml'] %}
-{%- for name in ['acl', 'console', 'event_socket', 'hash', 'logfile', 'modules', 'sofia', 'switch', 'xml_curl'] %}
+{%- for name in ['acl', 'console', 'event_socket', 'hash', 'logfile', 'modules', 'opus', 'sofia', 'switch',
+                 'xml_curl'] %}
 {%-   do config_files.append('autoload_configs/' ~ name ~ '.conf.xml') %}
 {%- endfor %}
 
@@ -99,16 +100,27 @@ freeswitch-service-running:
       - file: freeswitch-config-dir-managed
 
 {#- Not a restart, which would drop every call on the node: new users, dialplan
-    and ACLs take effect on reload. A new address or port for the SIP profile or
-    the event socket needs 'sofia profile NAME restart' / 'reload mod_event_socket',
-    best done after 'salt-run gopbx.drain'. #}
+    and ACLs take effect on reloadxml/reloadacl. mod_xml_curl reads its bindings
+    only when it loads, so a new URL or credentials need 'reload mod_xml_curl'
+    (reloadxml does not). A new address or port for the SIP profile or the event
+    socket needs 'sofia profile NAME restart' / 'reload mod_event_socket', best
+    done after 'salt-run gopbx.drain'. #}
 freeswitch-config-reloaded:
   cmd.run:
     - name: fs_cli -x reloadxml && fs_cli -x reloadacl
     - onchanges:
-{%- for path in config_files %}
+{%- for path in config_files if path != 'autoload_configs/xml_curl.conf.xml' %}
       - file: freeswitch-config-{{ path }}-managed
 {%- endfor %}
+    - require:
+      - service: freeswitch-service-running
+      - file: freeswitch-fs-cli-config-managed
+
+freeswitch-xml-curl-reloaded:
+  cmd.run:
+    - name: fs_cli -x 'reload mod_xml_curl'
+    - onchanges:
+      - file: freeswitch-config-autoload_configs/xml_curl.conf.xml-managed
     - require:
       - service: freeswitch-service-running
       - file: freeswitch-fs-cli-config-managed

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from tests.doubles import freeswitch_rules
 from tests.render import checkers
 from tests.support import VENV_BIN, fake_secrets, load_module, salt_call, write_minion_config
 
@@ -249,16 +250,19 @@ def test_rtpengine_config_is_accepted_by_rtpengine(rendered, minion_id):
 def test_the_api_is_configured_for_the_plan(env, rendered, minion_id):
     files = rendered(minion_id)
     settings = json.loads(files["/etc/gopbx/api.json"])
-    net, sip = ("127.28.0", "127.0.0.1") if minion_id.startswith("lab-") else ("172.28.0", "103.43.75.51")
+    net = "127.28.0" if minion_id.startswith("lab-") else "172.28.0"
     secrets = _secrets(env, minion_id)
     assert settings["database_dsn"] == (f"host={net}.12 port=5432 dbname=gopbx user=gopbx_api "
                                         f"password={secrets['postgres']['api']}")
     assert settings["kamailio_rpc_url"] == f"http://{net}.15:8080/jsonrpc"
-    assert settings["kamailio_sip_uri"] == f"sip:{sip}:5060"
+    # Media nodes send calls for devices to Kamailio's internal SIP socket.
+    assert settings["kamailio_sip_uri"] == f"sip:{net}.15:5060"
     assert settings["redis_url"] == f"redis://:{secrets['redis']['password']}@{net}.11:6379/0"
     assert settings["jwt_keys"] == [secrets["api"]["jwt_key"]]
     assert settings["platform_admins"] == {"admin": secrets["api"]["admin_password_hash"]}
     assert settings["esl_password"] == secrets["freeswitch"]["esl_password"] and settings["esl_port"] == 8021
+    # Event-socket connections leave from the address the nodes' ACL allows.
+    assert settings["esl_source_address"] == f"{net}.30"
     # The freeswitch formula's profile and inbound context, so the dialplan matches the nodes.
     assert (settings["freeswitch_profile"], settings["freeswitch_inbound_context"]) == ("internal", "kamailio")
     # Provisioning pokes the coordinator's salt-master; the lab runs none.
@@ -305,7 +309,7 @@ def test_freeswitch_config_is_well_formed_and_complete(freeswitch):
     document = freeswitch["document"]
     assert document.tag == "document" and document.get("type") == "freeswitch/xml"
     assert set(freeswitch["conf"]) == {"acl.conf", "console.conf", "event_socket.conf", "hash.conf", "logfile.conf",
-                                       "modules.conf", "sofia.conf", "switch.conf", "xml_curl.conf"}
+                                       "modules.conf", "opus.conf", "sofia.conf", "switch.conf", "xml_curl.conf"}
     modules = [load.get("module") for load in freeswitch["conf"]["modules.conf"].iter("load")]
     for needed in ("mod_sofia", "mod_xml_curl", "mod_event_socket", "mod_hash", "mod_dialplan_xml", "mod_dptools"):
         assert needed in modules
@@ -328,6 +332,8 @@ def test_freeswitch_fetches_users_and_dialplans_with_its_own_credentials(env, fr
         params = _params(binding)
         assert params["gateway-credentials"] == f"fs-syd-1:{credentials['password']}"
         assert params["auth-scheme"] == "basic"
+        # From the node's own address, the one the API checks (not the routing table's choice).
+        assert params["bind-local"] == FS_ADDRESS
     # The hash the node announces is one the API accepts for that password.
     passwords = load_module("api/gopbx_api", "passwords")
     assert passwords.verify_password(credentials["password"], credentials["password_hash"])
@@ -343,6 +349,10 @@ def test_freeswitch_event_socket_is_private_and_for_the_coordinator(env, freeswi
     assert acl.get("default") == "deny"
     assert [(node.get("type"), node.get("cidr")) for node in acl] == [("allow", "172.28.0.30/32"),
                                                                        ("allow", f"{FS_ADDRESS}/32")]
+    # As FreeSWITCH applies it: the API's plan address (where call-events connects
+    # from, esl_source_address) and fs_cli on the node; the coordinator's other addresses not.
+    assert freeswitch_rules.acl_allows(acl, "172.28.0.30") and freeswitch_rules.acl_allows(acl, FS_ADDRESS)
+    assert not freeswitch_rules.acl_allows(acl, "172.28.0.13") and not freeswitch_rules.acl_allows(acl, "10.28.0.2")
 
 
 def test_freeswitch_takes_calls_from_kamailio_only(freeswitch):
@@ -360,18 +370,17 @@ def test_freeswitch_takes_calls_from_kamailio_only(freeswitch):
     assert [(node.get("type"), node.get("cidr")) for node in acl] == [("allow", "172.28.0.15/32"),
                                                                        ("allow", "103.43.75.51/32")]
     assert settings["inbound-codec-prefs"] == "OPUS,G722,PCMU,PCMA"
+    # Deprecated in 1.10 (a warning at every start): the media_timeout variables instead.
+    assert not {"rtp-timeout-sec", "rtp-hold-timeout-sec"} & set(settings)
 
 
-def test_freeswitch_keeps_gopbx_headers_and_offers_srtp(env, lowstate, freeswitch):
+def test_freeswitch_keeps_gopbx_headers_and_leaves_srtp_to_the_edge(freeswitch):
     variables = freeswitch["variables"]
     assert variables["sip_copy_custom_headers"] == "false"
-    assert variables["rtp_secure_media"] == "optional:AES_CM_128_HMAC_SHA1_80:AES_CM_128_HMAC_SHA1_32"
-    # With freeswitch:srtp off, the template offers none.
-    without = env["tmp"] / "no-srtp"
-    chunk = next(chunk for chunk in lowstate("fs-syd-1") if chunk["name"] == "/etc/freeswitch/vars.xml")
-    salt_call(env["config"], "cp.get_template", chunk["source"], str(without),
-              f"freeswitch={json.dumps({**chunk['context']['freeswitch'], 'srtp': False})}", minion_id="fs-syd-1")
-    assert "rtp_secure_media" not in without.read_text()
+    # RTPEngine offers devices optional SRTP; FreeSWITCH's own offer (an SAVP and an
+    # AVP audio line) would reach the device as two audio lines.
+    assert "rtp_secure_media" not in variables
+    assert (variables["media_timeout"], variables["media_hold_timeout"]) == ("300000", "1800000")
     switch = _params(freeswitch["conf"]["switch.conf"])
     assert switch["max-sessions"] == "400" and switch["rtp-start-port"] == "16384"
 
@@ -385,8 +394,15 @@ def test_freeswitch_config_dir_holds_only_what_salt_renders(lowstate):
     assert {item["file"] for item in directory["require"] if "file" in item} == managed
     service = next(chunk for chunk in chunks if chunk["state"] == "service")
     assert "watch" not in service  # a restart would drop every call; config changes reload instead
-    reload = next(chunk for chunk in chunks if chunk["__id__"] == "freeswitch-config-reloaded")
-    assert {item["file"] for item in reload["onchanges"]} == managed
+    # Every file's change is answered by a reload, and by one that applies it, as
+    # FreeSWITCH's source says (reloadxml leaves mod_xml_curl's bindings alone).
+    reloads = {chunk["name"]: [item["file"] for item in chunk["onchanges"]] for chunk in chunks
+               if chunk["state"] == "cmd" and chunk["name"].startswith("fs_cli ")}
+    assert {state_id for ids in reloads.values() for state_id in ids} == managed
+    by_command = {command: [state_id.removeprefix("freeswitch-config-").removesuffix("-managed") for state_id in ids]
+                  for command, ids in reloads.items()}
+    assert freeswitch_rules.reload_refusals(by_command) == []
+    assert by_command["fs_cli -x 'reload mod_xml_curl'"] == ["autoload_configs/xml_curl.conf.xml"]
 
 
 def test_freeswitch_node_announces_itself_after_its_formula(env, lowstate):

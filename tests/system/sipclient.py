@@ -3,6 +3,7 @@ A minimal SIP client for what SIPp cannot do here: Debian's SIPp is built withou
 TLS, and malformed requests are easier to make byte by byte.
 """
 
+import base64
 import hashlib
 import os
 import re
@@ -196,12 +197,14 @@ def request(method, uri, peer, call_id, from_uri, from_tag, to_uri, to_tag="", c
     return "\r\n".join(lines) + "\r\n\r\n" + body
 
 
-def sdp(ip, port=40000):
+def sdp(ip, port=40000, srtp=False):
+    """An audio offer; with ``srtp``, RTP/SAVP with one SDES key (AES_CM_128_HMAC_SHA1_80)."""
+    crypto = "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:" + base64.b64encode(os.urandom(30)).decode() + "\r\n"
     return (f"v=0\r\no=device 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n"
-            f"m=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n")
+            f"m=audio {port} RTP/{'SAVP' if srtp else 'AVP'} 8\r\na=rtpmap:8 PCMA/8000\r\n" + (crypto if srtp else ""))
 
 
-def call(peer, target, domain, user, password, callee):
+def call(peer, target, domain, user, password, callee, srtp=False):
     """
     An authenticated call from ``peer`` through Kamailio, answered and ACKed.
     Returns the dialog: call_id, from/to URIs and tags, the route set (the 200's
@@ -209,7 +212,7 @@ def call(peer, target, domain, user, password, callee):
     """
     call_id, from_tag = uuid.uuid4().hex, uuid.uuid4().hex[:10]
     from_uri, to_uri = f"sip:{user}@{domain}", f"sip:{callee}@{domain}"
-    invite = request("INVITE", to_uri, peer, call_id, from_uri, from_tag, to_uri, body=sdp(peer.ip))
+    invite = request("INVITE", to_uri, peer, call_id, from_uri, from_tag, to_uri, body=sdp(peer.ip, srtp=srtp))
     peer.send(invite, target)
     challenge = peer.final_response()
     assert challenge and challenge.startswith("SIP/2.0 407"), challenge
@@ -217,14 +220,14 @@ def call(peer, target, domain, user, password, callee):
                       to_tag=_tag(header(challenge, "To"))), target)
     authorization = _digest(header(challenge, "Proxy-Authenticate"), "INVITE", to_uri, user, password)
     peer.send(request("INVITE", to_uri, peer, call_id, from_uri, from_tag, to_uri, cseq=2,
-                      extra=f"Proxy-Authorization: {authorization}", body=sdp(peer.ip)), target)
+                      extra=f"Proxy-Authorization: {authorization}", body=sdp(peer.ip, srtp=srtp)), target)
     answer = peer.final_response()
     assert answer and answer.startswith("SIP/2.0 200"), answer
     routes = list(reversed(re.findall(r"(?im)^Record-Route\s*:\s*(.*?)\r?$", answer)))
     routes = [route.strip() for value in routes for route in reversed(value.split(","))]
     dialog = {"call_id": call_id, "from_uri": from_uri, "from_tag": from_tag, "to_uri": to_uri,
               "to_tag": _tag(header(answer, "To")), "routes": routes,
-              "target": re.search(r"<([^>]+)>", header(answer, "Contact")).group(1), "cseq": 3}
+              "target": re.search(r"<([^>]+)>", header(answer, "Contact")).group(1), "cseq": 3, "answer": answer}
     peer.send(in_dialog("ACK", peer, dialog, cseq=2), target)
     return dialog
 

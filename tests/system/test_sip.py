@@ -233,11 +233,35 @@ def test_a_media_node_rings_a_registered_device(tenants, media):
         assert code == 0, errors
         invites = callee.received("INVITE")
         assert len(invites) == 1
-        # The lab offers devices optional SRTP (OSRTP): RTP/AVP with both SDES suites.
-        assert "m=audio" in invites[0] and "RTP/AVP" in invites[0]
-        assert "AES_CM_128_HMAC_SHA1_80" in invites[0] and "AES_CM_128_HMAC_SHA1_32" in invites[0]
+        # The lab offers devices optional SRTP (OSRTP): one audio line, RTP/AVP, with
+        # the seed's two SDES suites and nothing else.
+        audio = re.findall(r"(?m)^m=audio \d+ (\S+)", invites[0])
+        assert audio == ["RTP/AVP"], invites[0]
+        suites = re.findall(r"(?m)^a=crypto:\d+ (\S+)", invites[0])
+        assert sorted(suites) == ["AES_CM_128_HMAC_SHA1_32", "AES_CM_128_HMAC_SHA1_80"], invites[0]
+        assert "a=fingerprint" not in invites[0]  # SDES only, no DTLS-SRTP
     finally:
         callee.stop()
+
+
+def test_a_device_speaking_srtp_gets_srtp_and_the_media_node_plain_rtp(tenants, media):
+    # SRTP is the edge's business: RTPEngine decrypts, the node sees RTP/AVP without keys.
+    device = sipclient.UdpPeer("127.0.0.64")
+    try:
+        dialog = sipclient.call(device, sip.KAMAILIO, A, "1001", PASSWORD, "500", srtp=True)
+        node_invites = [invite for address in A_NODES for invite in media[address].received("INVITE")
+                        if dialog["call_id"] in invite]
+        assert len(node_invites) == 1
+        assert re.findall(r"(?m)^m=audio \d+ (\S+)", node_invites[0]) == ["RTP/AVP"]
+        assert "a=crypto" not in node_invites[0]
+        # The device's answer is SRTP, with a key of the suite it offered.
+        assert re.findall(r"(?m)^m=audio \d+ (\S+)", dialog["answer"]) == ["RTP/SAVP"]
+        assert re.search(r"(?m)^a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:", dialog["answer"])
+        device.send(sipclient.in_dialog("BYE", device, dialog), sip.KAMAILIO)
+        assert device.final_response().startswith("SIP/2.0 200")
+    finally:
+        device.close()
+        sip.end_test_dialogs()
 
 
 def test_the_same_call_from_any_other_address_is_challenged(tenants, media):
