@@ -125,15 +125,16 @@ async def dialplan(request: Request, node: str = Depends(media_node)):
     ET.SubElement(condition, "anti-action", application="respond", data="403 Missing tenant call limit")
     # 2. Extension to extension inside the tenant: back through Kamailio (fs_path:
     #    sent to Kamailio's internal socket), which delivers to the device's
-    #    registration; From carries the tenant's domain, so the callee can call
-    #    back. Nothing routes to another tenant. No <...> in the dial string:
-    #    sofia takes the first one as the destination.
+    #    registration; the b-leg's From carries the tenant's domain (sofia reads
+    #    sip_invite_domain on the b-leg, so it goes in the dial string), so the
+    #    callee can call back. Nothing routes to another tenant. No <...> in the
+    #    dial string: sofia takes the first one as the destination.
     local = ET.SubElement(context_element, "extension", name="gopbx-local-extension")
     condition = ET.SubElement(local, "condition", field="destination_number", expression="^([0-9]{2,15})$")
     ET.SubElement(condition, "action", application="set", data="sip_copy_custom_headers=false")
-    ET.SubElement(condition, "action", application="set", data=f"sip_invite_domain={tenant}")
     ET.SubElement(condition, "action", application="bridge",
-                  data=f"sofia/{settings.freeswitch_profile}/sip:$1@{tenant};fs_path={kamailio}")
+                  data=f"{{sip_invite_domain={tenant}}}sofia/{settings.freeswitch_profile}/sip:$1@{tenant}"
+                       f";fs_path={kamailio}")
     # 3. Anything else is refused.
     refuse = ET.SubElement(context_element, "extension", name="gopbx-no-route")
     condition = ET.SubElement(refuse, "condition", field="destination_number", expression="^.*$")

@@ -100,11 +100,12 @@ def assert_freeswitch_would_call_the_extension_through_kamailio(context):
     assert freeswitch_rules.inline_refusals(context) == []
     local = context.find("./extension[@name='gopbx-local-extension']/condition")
     bridge = local.find("action[@application='bridge']")
-    # The callee, sent by way of Kamailio's SIP socket (not Kamailio itself as the callee).
-    assert freeswitch_rules.sofia_destination(bridge.get("data")) == (f"sip:$1@{T}", "sip:127.0.0.1:5060")
-    # The callee sees the tenant's domain as the caller's, so it can call back.
+    # The callee, sent by way of Kamailio's SIP socket (not Kamailio itself as the callee),
+    # sees the tenant's domain as the caller's (a b-leg variable), so it can call back.
+    assert freeswitch_rules.sofia_destination(bridge.get("data")) == \
+        (f"sip:$1@{T}", "sip:127.0.0.1:5060", {"sip_invite_domain": T})
     sets = [action.get("data") for action in local.findall("action[@application='set']")]
-    assert f"sip_invite_domain={T}" in sets and "sip_copy_custom_headers=false" in sets
+    assert "sip_copy_custom_headers=false" in sets
     # limit runs when the call executes (it cannot run inline), before the bridge.
     limit = context.find(".//action[@application='limit']")
     assert limit.get("inline") is None
@@ -115,7 +116,7 @@ def assert_freeswitch_would_call_the_extension_through_kamailio(context):
 def test_the_rules_of_the_freeswitch_double_catch_last_rounds_defects():
     # What the API once sent, and a real FreeSWITCH 1.10.12 refused.
     assert freeswitch_rules.sofia_destination(f"sofia/internal/sip:$1@{T};fs_path=<sip:127.0.0.1:5060>") == \
-        ("sip:127.0.0.1:5060", None)
+        ("sip:127.0.0.1:5060", None, {})
     old = ET.fromstring('<extension><condition><action application="limit" data="hash a b 1" inline="true"/>'
                         '<action application="set" data="x=1" inline="true"/></condition></extension>')
     assert freeswitch_rules.inline_refusals(old) == ["limit"]

@@ -27,22 +27,25 @@ def inline_refusals(dialplan):
 
 def sofia_destination(dial_string):
     """
-    Where mod_sofia sends a bridge to ``sofia/<profile>/<destination>``, as
+    Where mod_sofia sends a bridge to ``{vars}sofia/<profile>/<destination>``, as
     sofia_glue_get_destination does: if the destination holds a '<', only what
     lies between the first '<' and '>' counts (so 'sip:1@t;fs_path=<sip:proxy>'
     calls the proxy itself); ';fs_path=' then splits off the route (up to the
-    next ';' or '>'). Returns (request URI, route or None).
+    next ';' or '>'). Returns (request URI, route or None, the b-leg's variables
+    from the leading {...}: the only place a b-leg-only variable such as
+    sip_invite_domain can be set from the a-leg's dialplan).
     """
-    match = re.fullmatch(r"sofia/([^/]+)/(.+)", dial_string)
+    match = re.fullmatch(r"(?:\{([^}]*)\})?sofia/([^/]+)/(.+)", dial_string)
     assert match, f"not a sofia dial string: {dial_string!r}"
-    contact = match.group(2)
+    variables = dict(item.split("=", 1) for item in match.group(1).split(",")) if match.group(1) else {}
+    contact = match.group(3)
     if "<" in contact:
         contact = contact[contact.index("<") + 1:].split(">", 1)[0]
     route = None
     if ";fs_path=" in contact:
         contact, route = contact.split(";fs_path=", 1)
         route = re.split(r"[;>]", route, maxsplit=1)[0]
-    return contact, route
+    return contact, route, variables
 
 
 def acl_allows(acl_list, address):
