@@ -239,7 +239,7 @@ def migrate(dbname, directory):
 
 def dispatcher_set(setid):
     """
-    A dispatcher set as stored: {'description': ..., 'destinations': [...]} or None.
+    A dispatcher set as stored: {'description': ..., 'region': ..., 'destinations': [...]} or None.
 
     CLI Example:
 
@@ -248,16 +248,18 @@ def dispatcher_set(setid):
         salt-call gopbx_db.dispatcher_set 1
     """
     setid = int(setid)
-    found = psql(f"SELECT description FROM gopbx.dispatcher_sets WHERE setid = {setid}", "gopbx")
+    found = psql(f"SELECT description, region FROM gopbx.dispatcher_sets WHERE setid = {setid}", "gopbx")
     if not found:
         return None
     rows = psql(f"SELECT destination FROM dispatcher WHERE setid = {setid} ORDER BY destination", "gopbx")
-    return {"description": found[0][0], "destinations": [row[0] for row in rows]}
+    return {"description": found[0][0], "region": found[0][1], "destinations": [row[0] for row in rows]}
 
 
 def set_dispatcher_set(setid, destinations, description, region):
     """
-    Make dispatcher set ``setid`` hold exactly ``destinations`` (SIP URIs), in one transaction.
+    Make dispatcher set ``setid`` hold exactly ``destinations`` (SIP URIs), in one
+    transaction; with ``destinations`` None, only the set itself (media nodes join it
+    by registering, through the gopbx runner).
 
     CLI Example:
 
@@ -266,13 +268,13 @@ def set_dispatcher_set(setid, destinations, description, region):
         salt-call gopbx_db.set_dispatcher_set 1 '["sip:127.28.1.1:5080"]' 'lab stand-ins' lab
     """
     setid = int(setid)
-    values = ", ".join(f"({setid}, {_literal(uri)}, 0, 0, {_literal(description)})" for uri in destinations)
+    values = ", ".join(f"({setid}, {_literal(uri)}, 0, 0, {_literal(description)})" for uri in destinations or [])
     psql(
         "BEGIN;\n"
         f"INSERT INTO gopbx.dispatcher_sets (setid, region, description) VALUES "
         f"({setid}, {_literal(region)}, {_literal(description)}) "
         "ON CONFLICT (setid) DO UPDATE SET region = EXCLUDED.region, description = EXCLUDED.description;\n"
-        f"DELETE FROM dispatcher WHERE setid = {setid};\n"
+        + (f"DELETE FROM dispatcher WHERE setid = {setid};\n" if destinations is not None else "")
         + (f"INSERT INTO dispatcher (setid, destination, flags, priority, description) VALUES {values};\n"
            if destinations else "")
         + "COMMIT;\n",

@@ -22,7 +22,8 @@ __virtualname__ = "gopbx_pillar"
 # Which formulas each role runs, in order. Later work adds kamailio,
 # rtpengine, api, nginx, monitoring, keepalived and firewall here.
 ROLE_STATES = {
-    "coordinator": ["network", "postgres", "pgbouncer", "redis", "rtpengine", "kamailio", "api", "nginx"],
+    "coordinator": ["network", "postgres", "pgbouncer", "redis", "rtpengine", "kamailio", "api", "nginx",
+                    "salt_master"],
     "kamailio-standby": ["kamailio"],
     "pg-replica": [],
     "freeswitch": ["freeswitch", "freeswitch.ready"],
@@ -165,6 +166,34 @@ def _module_name(value):
     return value
 
 
+def _dispatcher_sets(value):
+    if not isinstance(value, dict) or not all(
+            isinstance(setid, int) and not isinstance(setid, bool) and 0 < setid <= 2**31 - 1
+            and isinstance(spec, dict) and set(spec) == {"region", "description"}
+            and isinstance(spec["region"], str) and re.fullmatch(r"[a-z]{2,16}", spec["region"])
+            and isinstance(spec["description"], str) and 0 < len(spec["description"]) <= 200
+            for setid, spec in value.items()):
+        raise ValueError("must map set ids (positive whole numbers) to {region: <lower-case name>, "
+                         f"description: <text>}}, got {value!r}")
+    return value
+
+
+def _url(value):
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?",
+                                                      value):
+        raise ValueError(f"must be an http(s) URL, got {value!r}")
+    return value
+
+
+def _placement(value):
+    if not isinstance(value, dict) or not all(
+            isinstance(node, str) and re.fullmatch(r"fs-[a-z]+-[0-9]+", node) and isinstance(setid, int)
+            and not isinstance(setid, bool) and setid > 0 for node, setid in value.items()):
+        raise ValueError(f"must map media node ids (fs-<region>-<n>) to dispatcher sets (positive whole numbers), "
+                         f"got {value!r}")
+    return value
+
+
 def _list_of(check):
     def check_list(value):
         if not isinstance(value, list):
@@ -186,6 +215,7 @@ SCHEMA = {
         "client_networks": _list_of(_network),
         "replicas": _list_of(_address),
         "extra_listen_addresses": _list_of(_address),
+        "dispatcher_sets": _dispatcher_sets,
     },
     "pgbouncer": {
         "pool_mode": _one_of("transaction", "session", "statement"),
@@ -249,6 +279,7 @@ SCHEMA = {
     },
     "freeswitch": {
         "repo": _boolean,
+        "binary": _one_of("package", "double"),
         "version": _version,
         "node_network": _network,
         "node_address": _address_or_empty,
@@ -266,6 +297,12 @@ SCHEMA = {
         "xml_curl_timeout_seconds": _positive_int,
         "modules": _list_of(_module_name),
         "config_dir": _text,
+    },
+    "salt_master": {
+        "config_dir": _text,
+        "allowed_networks": _list_of(_network),
+        "placement": _placement,
+        "vultr_api_url": _url,
     },
     "media_standin": {
         "setid": _positive_int,

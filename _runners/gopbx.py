@@ -16,7 +16,9 @@ from the node. A refused event is logged and changes nothing.
 Settings come from the master's configuration, key ``gopbx``: ``database_dsn`` (the
 gopbx_salt role through pgBouncer), ``kamailio_rpc_url``, ``redis_url`` (live calls,
 for drain), ``allowed_networks``, optional ``placement`` {minion id: set}, and
-``sip_port`` (5080).
+``sip_port`` (5080). The salt_master formula writes them to
+``master.d/gopbx-runner.conf``, which is read again at every call: the master process
+(which runs reactor-called runners) need not restart when they change.
 
 ``provision`` is what the provision reactor calls when the API pokes the webhook
 engine: it claims the pending request in ``gopbx.provisioning_requests``, runs its
@@ -33,6 +35,8 @@ import time
 
 import salt.cloud
 import salt.key
+import salt.utils.files
+import salt.utils.yaml
 from salt.exceptions import SaltInvocationError
 
 try:
@@ -58,8 +62,15 @@ def __virtual__():
     return __virtualname__
 
 
+RUNNER_CONFIG = "master.d/gopbx-runner.conf"
+
+
 def _settings():
-    settings = __opts__.get("gopbx") or {}  # noqa: F821
+    settings = dict(__opts__.get("gopbx") or {})  # noqa: F821
+    path = os.path.join(os.path.dirname(__opts__["conf_file"]), RUNNER_CONFIG)  # noqa: F821
+    if os.path.exists(path):
+        with salt.utils.files.fopen(path) as handle:
+            settings.update((salt.utils.yaml.safe_load(handle) or {}).get("gopbx") or {})
     missing = [key for key in ("database_dsn", "kamailio_rpc_url", "allowed_networks") if not settings.get(key)]
     if missing:
         raise SaltInvocationError(f"master config key 'gopbx' lacks {', '.join(missing)}")

@@ -97,22 +97,27 @@ def migrated(name, directory):
     return _result(name, comment=f"Applied {len(applied)} migration(s)", changes={"applied": applied})
 
 
-def dispatcher_set(name, destinations, description, region):
+def dispatcher_set(name, description, region, destinations=None):
     """
-    Dispatcher set ``name`` (its set id) holds exactly ``destinations`` (SIP URIs).
-    Kamailio must be told to reload its dispatcher when this changes.
+    Dispatcher set ``name`` (its set id) exists with this description and region and,
+    when ``destinations`` is given, holds exactly those SIP URIs; without it, the
+    set's members are the media nodes that registered into it (the gopbx runner's).
+    Kamailio must be told to reload its dispatcher when the destinations change.
     """
-    wanted = {"description": description, "destinations": sorted(destinations)}
+    wanted = {"description": description, "region": region}
+    if destinations is not None:
+        wanted["destinations"] = sorted(destinations)
     try:
-        current = __salt__["gopbx_db.dispatcher_set"](name)  # noqa: F821
+        stored = __salt__["gopbx_db.dispatcher_set"](name)  # noqa: F821
     except CommandExecutionError as exc:
         if not __opts__["test"]:  # noqa: F821
             raise
         return _result(name, None, f"Dispatcher set {name} would be written ({exc})", {"new": wanted})
+    current = {key: stored[key] for key in wanted} if stored else None
     if current == wanted:
         return _result(name, comment=f"Dispatcher set {name} is as it should be")
     changes = {"old": current, "new": wanted}
     if __opts__["test"]:  # noqa: F821
         return _result(name, None, f"Dispatcher set {name} would be written", changes)
-    __salt__["gopbx_db.set_dispatcher_set"](name, wanted["destinations"], description, region)  # noqa: F821
+    __salt__["gopbx_db.set_dispatcher_set"](name, wanted.get("destinations"), description, region)  # noqa: F821
     return _result(name, comment=f"Dispatcher set {name} written", changes=changes)

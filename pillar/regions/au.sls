@@ -14,6 +14,10 @@ network:
     sip: sip.gopbx.au
 postgres:
   version: 16
+  # Media nodes fs-syd-<n> join the Sydney set, fs-mel-<n> the Melbourne one.
+  dispatcher_sets:
+    1: {region: syd, description: Sydney media nodes}
+    2: {region: mel, description: Melbourne media nodes}
   pgdg: true
   # The replica reaches the primary on the coordinator's public address (hostssl,
   # and pg_hba admits only the replica's address for replication).

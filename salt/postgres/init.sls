@@ -102,3 +102,13 @@ postgres-schema-migrated:
 {%- for role in postgres.login_roles %}
       - gopbx_db: postgres-role-{{ role }}-present
 {%- endfor %}
+{%- for setid, dispatcher_set in postgres.dispatcher_sets | dictsort %}
+
+postgres-dispatcher-set-{{ setid }}-present:
+  gopbx_db.dispatcher_set:
+    - name: '{{ setid }}'
+    - description: {{ dispatcher_set.description | json }}
+    - region: {{ dispatcher_set.region | json }}
+    - require:
+      - gopbx_db: postgres-schema-migrated
+{%- endfor %}
