@@ -8,10 +8,18 @@
 {%-   do config_files.append('autoload_configs/' ~ name ~ '.conf.xml') %}
 {%- endfor %}
 
+{#- What provides the freeswitch service: SignalWire's packages, or (lab only,
+    freeswitch:binary 'double') a named double, since FreeSWITCH has no Debian 12 package. #}
+{%- set binary_installed = 'pkg: freeswitch-pkg-installed' if freeswitch.binary == 'package'
+                           else 'sls: freeswitch_double' %}
+
 include:
   - common
+{%- if freeswitch.binary == 'double' %}
+  - freeswitch_double
+{%- endif %}
 
-{%- if freeswitch.repo %}
+{%- if freeswitch.binary == 'package' and freeswitch.repo %}
 {%- set repo_url = 'https://freeswitch.signalwire.com/repo/deb/debian-release' %}
 {#- SignalWire's repository needs a personal access token, for apt and for the key
     (gopbx_pillar checks it is there when freeswitch:repo is on). #}
@@ -40,12 +48,15 @@ freeswitch-repo-managed:
     - require:
       - cmd: freeswitch-repo-keyring-present
     - require_in:
-      - pkg: freeswitch-pkg-installed
+      - {{ binary_installed }}
 {%- endif %}
+
+{%- if freeswitch.binary == 'package' %}
 
 freeswitch-pkg-installed:
   pkg.installed:
     - pkgs: {{ freeswitch.packages | json }}
+{%- endif %}
 
 {#- clean: whatever the packages or a hand left here (a vanilla directory with
     its default users, say) goes; only the files below stay. #}
@@ -57,7 +68,7 @@ freeswitch-config-dir-managed:
     - mode: '0750'
     - clean: True
     - require:
-      - pkg: freeswitch-pkg-installed
+      - {{ binary_installed }}
 
 {%- for path in config_files %}
 
@@ -75,7 +86,7 @@ freeswitch-config-{{ path }}-managed:
     - dir_mode: '0750'
     - show_changes: False
     - require:
-      - pkg: freeswitch-pkg-installed
+      - {{ binary_installed }}
     - require_in:
       - file: freeswitch-config-dir-managed
 {%- endfor %}
@@ -97,6 +108,7 @@ freeswitch-service-running:
     - name: freeswitch
     - enable: True
     - require:
+      - {{ binary_installed }}
       - file: freeswitch-config-dir-managed
 
 {#- Not a restart, which would drop every call on the node: new users, dialplan

@@ -2,20 +2,26 @@
 What FreeSWITCH 1.10 does with what this tree gives it, as read from its source,
 for the tests that stand in for a node (FreeSWITCH can't be installed here). Last
 round the doubles accepted four things a real FreeSWITCH refuses; each rule here
-is one of those, with where in FreeSWITCH's source it comes from.
+is one of those. The rules live in the lab's FreeSWITCH double
+(salt/freeswitch_double/files/freeswitch_double.py), which acts on them in the
+multi-host lab; the tests read the same rules from there.
 """
 
-import ipaddress
-import re
+import importlib.util
 
-# Applications FreeSWITCH runs inline (while hunting the dialplan): those that
-# mod_dptools registers with SAF_ROUTING_EXEC. Anything else with inline="true"
-# logs "This application cannot be executed inline" and does nothing: 'limit',
-# registered with SAF_SUPPORT_NOMEDIA only, among them.
-INLINE_APPLICATIONS = frozenset({
-    "bridge_export", "check_acl", "cng_plc", "early_hangup", "eval", "event", "export", "info", "log", "multiset",
-    "multiunset", "novideo", "presence", "push", "set", "set_global", "set_media_stats", "set_profile_var",
-    "set_user", "set_zombie_exec", "stop", "unset", "unshift", "verbose_events"})
+from tests.support import REPO
+
+_spec = importlib.util.spec_from_file_location(
+    "gopbx_freeswitch_double", REPO / "salt" / "freeswitch_double" / "files" / "freeswitch_double.py")
+_double = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_double)
+
+# Applications FreeSWITCH runs inline (mod_dptools' SAF_ROUTING_EXEC): 'limit' is not one.
+INLINE_APPLICATIONS = frozenset(_double.INLINE)
+# (request URI, route, b-leg variables) of a sofia dial string: the first <...> wins.
+sofia_destination = _double.sofia_destination
+# mod_event_socket's and sofia's ACL check: first matching node, else the list's default.
+acl_allows = _double.acl_allows
 
 
 def inline_refusals(dialplan):
@@ -23,37 +29,6 @@ def inline_refusals(dialplan):
     return [action.get("application") for action in dialplan.iter()
             if action.tag in ("action", "anti-action") and action.get("inline") == "true"
             and action.get("application") not in INLINE_APPLICATIONS]
-
-
-def sofia_destination(dial_string):
-    """
-    Where mod_sofia sends a bridge to ``{vars}sofia/<profile>/<destination>``, as
-    sofia_glue_get_destination does: if the destination holds a '<', only what
-    lies between the first '<' and '>' counts (so 'sip:1@t;fs_path=<sip:proxy>'
-    calls the proxy itself); ';fs_path=' then splits off the route (up to the
-    next ';' or '>'). Returns (request URI, route or None, the b-leg's variables
-    from the leading {...}: the only place a b-leg-only variable such as
-    sip_invite_domain can be set from the a-leg's dialplan).
-    """
-    match = re.fullmatch(r"(?:\{([^}]*)\})?sofia/([^/]+)/(.+)", dial_string)
-    assert match, f"not a sofia dial string: {dial_string!r}"
-    variables = dict(item.split("=", 1) for item in match.group(1).split(",")) if match.group(1) else {}
-    contact = match.group(3)
-    if "<" in contact:
-        contact = contact[contact.index("<") + 1:].split(">", 1)[0]
-    route = None
-    if ";fs_path=" in contact:
-        contact, route = contact.split(";fs_path=", 1)
-        route = re.split(r"[;>]", route, maxsplit=1)[0]
-    return contact, route, variables
-
-
-def acl_allows(acl_list, address):
-    """mod_event_socket's and sofia's ACL check: a <list default=...> of <node type= cidr=>, first match wins."""
-    for node in acl_list:
-        if ipaddress.ip_address(address) in ipaddress.ip_network(node.get("cidr"), strict=False):
-            return node.get("type") == "allow"
-    return acl_list.get("default") == "allow"
 
 
 # Which fs_cli command makes a changed file take effect without a restart

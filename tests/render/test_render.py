@@ -97,7 +97,7 @@ def test_every_role_renders_its_formulas(lowstate, minion_id):
     formulas = {chunk["__sls__"] for chunk in chunks}
     expected = {"common"}
     if ROLE_OF[minion_id] == "coordinator":
-        expected |= {"postgres", "pgbouncer", "redis", "rtpengine", "kamailio", "api", "nginx"}
+        expected |= {"postgres", "pgbouncer", "redis", "rtpengine", "kamailio", "api", "nginx", "salt_master"}
         # The lab's plan is on loopback: the network formula has nothing to do there;
         # and the lab runs SIPp stand-ins where production has FreeSWITCH nodes.
         expected |= {"media_standin"} if minion_id.startswith("lab-") else {"network"}
@@ -199,6 +199,15 @@ def test_lab_needs_no_interface(lowstate):
     ({"freeswitch": {"modules": ["mod_console"]}}, "freeswitch:modules"),
     ({"freeswitch": {"profile": "Internal Profile"}}, "freeswitch:profile"),
     ({"secrets": {"freeswitch": {"signalwire_token": None}}}, "secrets:freeswitch:signalwire_token"),
+    ({"freeswitch": {"binary": "docker"}}, "freeswitch:binary"),
+    ({"postgres": {"dispatcher_sets": {1: {"region": "Sydney; --", "description": "x"}}}},
+     "postgres:dispatcher_sets"),
+    ({"salt_master": {"vultr_api_url": "file:///etc/shadow"}}, "salt_master:vultr_api_url"),
+    ({"salt_master": {"placement": {"evil-1": 1}}}, "salt_master:placement"),
+    ({"salt_master": {"placement": {"fs-syd-1": "1; DROP TABLE"}}}, "salt_master:placement"),
+    ({"salt_master": {"allowed_networks": ["0.0.0.0/0 ; x"]}}, "salt_master:allowed_networks"),
+    ({"secrets": {"postgres": {"salt": "short"}}}, "secrets:postgres:salt"),
+    ({"kamailio": {"max_contacts": 0}}, "kamailio:max_contacts"),
 ])
 def test_bad_pillar_fails_the_render_naming_the_key(env, override, key):
     minion_id = "fs-syd-1" if key.startswith(("freeswitch", "secrets:freeswitch")) else "coord-syd-1"
@@ -295,6 +304,31 @@ def test_nginx_terminates_https_for_the_api_and_grafana(rendered, minion_id):
 
 def _params(element):
     return {param.get("name"): param.get("value") for param in element.iter("param")}
+
+
+@pytest.mark.parametrize("minion_id", COORDINATORS)
+def test_the_salt_master_gets_its_runners_settings_for_root_only(env, rendered, lowstate, minion_id, tmp_path):
+    net = "127.28.0" if minion_id.startswith("lab-") else "172.28.0"
+    secrets = _secrets(env, minion_id)
+    text = rendered(minion_id)["/etc/salt/master.d/gopbx-runner.conf"]
+    chunk = next(chunk for chunk in lowstate(minion_id) if chunk["__id__"] == "salt-master-runner-config-managed")
+    assert chunk["mode"] == "0600" and chunk["show_changes"] is False
+    # The runner reads it from beside the master's config, at every call.
+    (tmp_path / "master.d").mkdir()
+    (tmp_path / "master.d" / "gopbx-runner.conf").write_text(text)
+    runner = load_module("_runners", "gopbx")
+    runner.__opts__ = {"conf_file": str(tmp_path / "master")}
+    settings = runner._settings()
+    assert settings["database_dsn"] == (f"host={net}.12 port=5432 dbname=gopbx user=gopbx_salt "
+                                        f"password={secrets['postgres']['salt']}")
+    assert settings["kamailio_rpc_url"] == f"http://{net}.15:8080/jsonrpc"
+    assert settings["redis_url"] == f"redis://:{secrets['redis']['password']}@{net}.11:6379/0"
+    # Media nodes register from their own network (freeswitch:node_network by default).
+    assert settings["allowed_networks"] == ["10.28.0.0/20"] and settings["placement"] == {}
+    # salt-cloud's Vultr key, from encrypted pillar, for root alone.
+    key = next(chunk for chunk in lowstate(minion_id) if chunk["__id__"] == "salt-master-vultr-key-managed")
+    assert (key["name"], key["mode"], key["contents"]) == ("/etc/salt/vultr-api-key", "0600",
+                                                           secrets["vultr"]["api_key"])
 
 
 @pytest.fixture(scope="module")
@@ -403,6 +437,18 @@ def test_freeswitch_config_dir_holds_only_what_salt_renders(lowstate):
                   for command, ids in reloads.items()}
     assert freeswitch_rules.reload_refusals(by_command) == []
     assert by_command["fs_cli -x 'reload mod_xml_curl'"] == ["autoload_configs/xml_curl.conf.xml"]
+
+
+def test_a_lab_node_runs_the_named_double_in_place_of_the_freeswitch_package(env):
+    # freeswitch:binary double (the multi-host lab): no package, no repository, the
+    # double's service, and the rest of the formula as on production.
+    _, chunks = salt_call(env["config"], "state.show_low_sls", "freeswitch",
+                          'pillar={"freeswitch": {"binary": "double", "repo": false}}', minion_id="fs-syd-1")
+    assert not [chunk for chunk in chunks if chunk["state"] in ("pkg", "pkgrepo") and chunk["__sls__"] == "freeswitch"]
+    double = [chunk["__id__"] for chunk in chunks if chunk["__sls__"] == "freeswitch_double"]
+    assert "freeswitch-double-unit-managed" in double
+    service = next(chunk for chunk in chunks if chunk["state"] == "service" and chunk["name"] == "freeswitch")
+    assert {"sls": "freeswitch_double"} in service["require"]
 
 
 def test_freeswitch_node_announces_itself_after_its_formula(env, lowstate):
