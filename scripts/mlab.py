@@ -47,11 +47,13 @@ BASE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "iproute2", "ifupdown", "ipu
 ROLE_PACKAGES = ["rsyslog", "postgresql-15", "postgresql-client-15", "pgbouncer", "redis-server",
                  "kamailio", "kamailio-postgres-modules", "kamailio-tls-modules", "kamailio-redis-modules",
                  "kamailio-xml-modules", "rtpengine-daemon", "nginx", "openssl", "sip-tester",
-                 "python3-dev", "gcc", "libpq-dev"]
+                 "python3-dev", "gcc", "libpq-dev", "logrotate"]
 # Packages enable their services; a fresh VM has none running until Salt says so.
 PACKAGE_SERVICES = ["postgresql", "pgbouncer", "redis-server", "kamailio", "rtpengine-daemon", "nginx"]
+# The Vultr double's port on the coordinator (the lab's salt-cloud talks to it).
+VULTR_DOUBLE_PORT = 8099
 # Bump when build_template changes what it makes.
-TEMPLATE_VERSION = "1"
+TEMPLATE_VERSION = "2"
 
 
 def log(message):
@@ -119,7 +121,8 @@ def build_template():
         chroot("python3", "-m", "venv", SALT_VENV)
         chroot(f"{SALT_VENV}/bin/pip", "install", "-q", "--disable-pip-version-check", "--no-index",
                "--find-links", SALT_WHEELS, "-r", "/tmp/salt.txt")
-        for program in ("salt", "salt-master", "salt-minion", "salt-key", "salt-run", "salt-call", "salt-cp"):
+        for program in ("salt", "salt-master", "salt-minion", "salt-key", "salt-run", "salt-call", "salt-cp",
+                        "salt-cloud"):
             link = TEMPLATE / "usr/bin" / program
             if not link.is_symlink():
                 link.symlink_to(f"{SALT_VENV}/bin/{program}")
@@ -186,15 +189,16 @@ def hosts_file():
 
 
 def lab_secrets():
-    """Throwaway secrets for this lab, made once (scripts/lab.py's names)."""
+    """Throwaway secrets for this lab, made once (scripts/lab.py's names; new names are added)."""
     path = STATE / "secrets.json"
-    if path.exists():
-        return json.loads(path.read_text())
     sys.path.insert(0, str(REPO / "scripts"))
     import lab  # noqa: E402  (the single-host lab's secret names and hashing)
 
-    made = {group: {name: secrets.token_urlsafe(32) for name in names} for group, names in lab.SECRET_NAMES.items()}
-    made["api"]["admin_password_hash"] = lab.hash_password(made["api"]["admin_password"])
+    made = json.loads(path.read_text()) if path.exists() else {}
+    for group, names in lab.SECRET_NAMES.items():
+        for name in names:
+            made.setdefault(group, {}).setdefault(name, secrets.token_urlsafe(32))
+    made["api"].setdefault("admin_password_hash", lab.hash_password(made["api"]["admin_password"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(made))
     path.chmod(0o600)
@@ -205,7 +209,7 @@ def site_pillar():
     """The deployment's site pillar for this topology: secrets, plus what differs from AU."""
     made = lab_secrets()
     coord = TOPOLOGY["machines"][coordinator()]
-    standins = {name: address for name, address in TOPOLOGY["machines"].items() if name.startswith("fs-")}
+    machines = TOPOLOGY["machines"]
     return "\n".join([
         "#!jinja|yaml",
         "# Written by scripts/mlab: the multi-host lab's site pillar (throwaway secrets).",
@@ -213,17 +217,20 @@ def site_pillar():
         "# This kernel has no dummy driver: the plan's addresses sit on a bridge with no ports.",
         "network: {internal: {link_type: bridge}}",
         "postgres: {version: 15, pgdg: false, extra_listen_addresses: [], replicas: []}",
-        "kamailio: {version: '5.6', repo: false}",
+        "{%- set machines = " + json.dumps(machines) + " %}",
+        "# SIP on each Kamailio host's own lab address: the floating IP is public, and no",
+        "# traffic of the lab may go to a public address.",
+        "kamailio: {version: '5.6', repo: false, sip_addresses: ['{{ machines[opts.id] if opts.id in "
+        "machines and opts.id.startswith(('coord-', 'kam-')) else machines[\"" + coordinator() + "\"] }}']}",
         f"rtpengine: {{interface_address: {coord}, kernel_forwarding: false}}",
         "nginx: {certificate: self_signed, extra_listen_addresses: []}",
+        "# salt-cloud on the master talks to the Vultr double (tests/doubles/vultr.py) there.",
+        f"salt_master: {{vultr_api_url: 'http://127.0.0.1:{VULTR_DOUBLE_PORT}/v2'}}",
         f"api: {{salt_webhook_url: 'http://127.0.0.1:8000/gopbx/provision', "
         f"pip_options: '--no-index --find-links {WHEELS}'}}",
-        "{%- set standins = " + json.dumps(standins) + " %}",
-        "{%- if opts.id in standins %}",
-        "# FreeSWITCH can't be installed here: media nodes are SIPp stand-ins that answer calls.",
-        "roles: [media-standin]",
-        "media_standin: {dispatcher: false, addresses: ['{{ standins[opts.id] }}:5080']}",
-        "{%- endif %}",
+        "# FreeSWITCH can't be installed here: media nodes run the real freeswitch formula",
+        "# with a named double in place of the FreeSWITCH binary (salt/freeswitch_double).",
+        "freeswitch: {binary: double, repo: false}",
     ]) + "\n"
 
 
@@ -392,10 +399,15 @@ def accept_keys(timeout=180):
 
 
 def highstate():
-    """salt '*' state.apply from the master; {minion: (states, changed, failed)}."""
+    """
+    The highstate from the master, the coordinator first (a region comes up from its
+    database: the dispatcher sets media nodes register into, the API they fetch
+    from), then every other machine at once. {minion: (states, changed, failed)}.
+    """
     started = time.monotonic()
     salt_json("salt", "*", "saltutil.sync_all")
-    returned = salt_json("salt", "*", "state.apply", "--timeout=900")
+    returned = salt_json("salt", coordinator(), "state.apply", "--timeout=900")
+    returned.update(salt_json("salt", "-C", f"* and not {coordinator()}", "state.apply", "--timeout=900"))
     summary = {}
     for minion, states in returned.items():
         if not isinstance(states, dict):
@@ -471,6 +483,11 @@ def down(args):
             time.sleep(0.5)
         pid = nspawn_pid(name)
         if pid:
+            # The machine's PID 1 first: killing it makes the kernel kill every process
+            # of its PID namespace. Killing only nspawn left the machine running, orphaned.
+            init = init_pid(name)
+            if init:
+                os.kill(init, signal.SIGKILL)
             os.killpg(pid, signal.SIGKILL)
             log(f"{name} did not power off in time: killed")
         root = machine_dir(name) / "root"

@@ -24,14 +24,14 @@ OS = [{"id": 2136, "name": "Debian 12 x64 (bookworm)", "arch": "x64", "family": 
 
 
 class VultrDouble(ServedDouble):
-    def __init__(self, api_key="vultr-double-key", polls_until_active=2, page_size=None):
+    def __init__(self, api_key="vultr-double-key", polls_until_active=2, page_size=None, port=0):
         self.api_key, self.polls_until_active, self.page_size = api_key, polls_until_active, page_size
         self.instances, self.requests, self.failures = {}, [], []
         self.delay = 0.0
         # Called with (method, path) before each answer: lets a test see the world as Vultr is asked.
         self.on_request = None
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v2"
 
     def fail(self, status, times=1, message="double says no"):
@@ -118,3 +118,20 @@ def _handler(double):
         do_GET = do_POST = do_DELETE = _serve
 
     return Handler
+
+
+def main():
+    """Serve the double on its own (the multi-host lab's master runs salt-cloud against it)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Vultr API v2 DOUBLE, on 127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--api-key-file", required=True)
+    args = parser.parse_args()
+    with open(args.api_key_file, encoding="utf-8") as handle:
+        double = VultrDouble(api_key=handle.read().strip(), port=args.port)
+    double._server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -4,6 +4,8 @@ salt-master on the coordinator, every role applied from it the production way.
 """
 
 import json
+import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -22,9 +24,12 @@ SERVICES = {
                     "gopbx-api", "gopbx-call-events", "salt-master"],
     "kam-mel-1": ["kamailio"],
     "pgrep-syd-1": [],
-    "fs-syd-1": ["gopbx-media-standin"],
-    "fs-syd-2": ["gopbx-media-standin"],
+    "fs-syd-1": ["freeswitch"],  # the named double of FreeSWITCH (salt/freeswitch_double)
+    "fs-syd-2": ["freeswitch"],
 }
+
+
+FS_MACHINES = [name for name in TOPOLOGY["machines"] if name.startswith("fs-")]
 
 
 def mlab(*args, timeout=3600):
@@ -40,11 +45,13 @@ def master_json(*command):
 @pytest.fixture(scope="module")
 def lab():
     started = time.monotonic()
-    up = mlab("up")
-    print(up.stdout[-3000:], f"\nmlab up: {time.monotonic() - started:.0f} s")
-    assert up.returncode == 0, up.stdout[-5000:] + up.stderr[-3000:]
-    yield up.stdout
-    mlab("down")
+    try:
+        up = mlab("up")
+        print(up.stdout[-3000:], f"\nmlab up: {time.monotonic() - started:.0f} s")
+        assert up.returncode == 0, up.stdout[-5000:] + up.stderr[-3000:]
+        yield up.stdout
+    finally:
+        mlab("down")  # also when up failed: no machine outlives the tests
 
 
 def test_exactly_the_expected_minions_are_accepted(lab):
@@ -76,6 +83,126 @@ def test_machines_reach_the_coordinators_services(lab):
     # The standby's Kamailio uses the coordinator's pgBouncer and Redis, routed over the lab network.
     result = mlab("run", "kam-mel-1", "bash", "-c", "exec 3<>/dev/tcp/172.28.0.12/5432 && echo open")
     assert result.stdout.strip() == "open", result.stderr
+
+
+def test_media_nodes_register_through_the_masters_reactor_on_their_first_highstate(lab):
+    # The fs-* machines ran the real freeswitch formula (with the named FreeSWITCH
+    # double) and freeswitch.ready; the master's reactor handed each ready event to
+    # gopbx.register, whose settings the salt_master formula wrote (without them:
+    # "master config key 'gopbx' lacks database_dsn, ..."). Kamailio probes them.
+    deadline = time.monotonic() + 60
+    while True:
+        nodes = master_json("salt-run", "gopbx.nodes")
+        if all(nodes.get(name, {}).get("kamailio") == "AP" for name in FS_MACHINES):
+            break
+        assert time.monotonic() < deadline, nodes
+        time.sleep(2)
+    for name in FS_MACHINES:
+        assert nodes[name]["address"] == TOPOLOGY["machines"][name] and nodes[name]["setid"] == 1, nodes
+        assert nodes[name]["state"] == "active"
+
+
+E2E_TENANT, E2E_PASSWORD = "e2e.mlab.invalid", "Mlab-Device-Pass-42"
+DEVICES = "pgrep-syd-1"  # the devices' side: SIPp on a machine outside the SIP edge
+# RTPEngine's own count of relayed packets, read on the coordinator with the SIP tests' helper.
+RTPENGINE_RELAYED = ("import sys; sys.path.insert(0, '/srv/gopbx'); from tests.system.sip import "
+                     "rtpengine_relayed_packets; print(rtpengine_relayed_packets(('172.28.0.1', 2223)))")
+
+
+def api_on_coordinator(code):
+    """Python with the API's venv on the coordinator, where the API is (its plan address)."""
+    result = mlab("run", "coord-syd-1", "/opt/gopbx/api/venv/bin/python", "-c", code)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def e2e_tenant(lab):
+    password = json.loads((STATE / "secrets.json").read_text())["api"]["admin_password"]
+    api_on_coordinator(f"""
+import requests
+api = "http://172.28.0.30:8080"
+token = requests.post(api + "/v1/token", json={{"username": "admin", "password": {password!r}}}).json()["access_token"]
+headers = {{"Authorization": "Bearer " + token}}
+requests.delete(api + "/v1/tenants/{E2E_TENANT}", headers=headers)
+made = requests.post(api + "/v1/tenants", headers=headers, json={{"domain": "{E2E_TENANT}", "name": "mlab e2e",
+                     "max_calls": 4, "calls_per_second": 10, "dispatcher_set": 1}})
+assert made.status_code == 201, made.text
+for number in ("1001", "1002"):
+    made = requests.post(api + "/v1/tenants/{E2E_TENANT}/extensions", headers=headers,
+                         json={{"number": number, "password": "{E2E_PASSWORD}"}})
+    assert made.status_code == 201, made.text
+""")
+    return E2E_TENANT
+
+
+def sipp_on_devices(*args):
+    return mlab("run", DEVICES, "sipp", "10.28.0.2:5060", "-i", TOPOLOGY["machines"][DEVICES],
+                "-ci", TOPOLOGY["machines"][DEVICES], "-m", "1",
+                "-nostdin", "-timeout", "30s", "-timeout_error", *args, timeout=120)
+
+
+def test_a_call_goes_from_a_device_through_kamailio_and_a_media_node_to_another_device(e2e_tenant):
+    from tests.system import sip  # the SIPp scenarios of the single-host lab's SIP tests
+
+    # (not /tmp: the machine mounts its own tmpfs there)
+    here = STATE / "machines" / DEVICES / "root" / "var" / "tmp" / "gopbx-e2e"
+    here.mkdir(parents=True, exist_ok=True)
+    (here / "register.xml").write_text(sip.register_scenario("200"))
+    (here / "call.xml").write_text(sip.call_scenario(hold_ms=3000, rtp=True))
+    (here / "callee.xml").write_text((REPO / "tests/system/scenarios/callee.xml").read_text())
+    address = TOPOLOGY["machines"][DEVICES]
+    # 1002 registers from the socket it answers on, then waits for a call there.
+    registered = sipp_on_devices("-sf", "/var/tmp/gopbx-e2e/register.xml", "-p", "5090", "-au", "1002", "-ap",
+                                 E2E_PASSWORD, "-key", "tenant", e2e_tenant, "-key", "user", "1002",
+                                 "-key", "contact_host", f"{address}:5090")
+    assert registered.returncode == 0, registered.stdout[-2000:] + registered.stderr[-2000:]
+    callee = mlab("run", DEVICES, "sipp", "-sf", "/var/tmp/gopbx-e2e/callee.xml", "-i", address, "-p", "5090",
+                  "-mi", address, "-ci", address, "-rtp_echo", "-m", "1", "-bg", "-trace_msg", "-message_file",
+                  "/var/tmp/gopbx-e2e/callee.log")
+    assert "Background mode" in callee.stdout, callee.stdout + callee.stderr  # SIPp's -bg parent exits 99
+    before = int(api_on_coordinator(RTPENGINE_RELAYED))
+    # 1001 calls 1002 with RTP: Kamailio, a media node (its dialplan from the API), Kamailio, 1002.
+    called = sipp_on_devices("-sf", "/var/tmp/gopbx-e2e/call.xml", "-p", "5070", "-s", "1002", "-au", "1001", "-ap",
+                             E2E_PASSWORD, "-key", "tenant", e2e_tenant, "-key", "user", "1001",
+                             "-trace_msg", "-message_file", "/var/tmp/gopbx-e2e/caller.log")
+    assert called.returncode == 0, (here / "caller.log").read_text()[-4000:] if (here / "caller.log").exists() \
+        else called.stdout[-2000:]
+    relayed = int(api_on_coordinator(RTPENGINE_RELAYED)) - before
+    print(f"\nRTP packets RTPEngine relayed for the call: {relayed}")
+    assert relayed > 200  # the caller's RTP and the callee's echo, on both legs through the node
+    received = [block for block in (here / "callee.log").read_text().split("-" * 46)
+                if "message received" in block and "\nINVITE sip:" in block]
+    assert len(received) == 1, received
+    # The callee sees the tenant as the caller's domain, one audio line, no X-GoPBX-* headers.
+    assert re.search(rf"(?m)^From: .*<sip:1001@{re.escape(e2e_tenant)}>", received[0]), received[0]
+    assert len(re.findall(r"(?m)^m=audio", received[0])) == 1
+    assert not re.search(r"(?im)^x-gopbx-", received[0])
+
+
+def test_salt_cloud_on_the_master_makes_and_destroys_a_media_node(lab):
+    # The master's cloud configuration comes from the salt_master formula; Vultr is
+    # its double (tests/doubles/vultr.py), served on the coordinator's loopback.
+    started = mlab("run", "coord-syd-1", "systemd-run", "--unit=gopbx-vultr-double",
+                   "--setenv=PYTHONPATH=/srv/gopbx", "python3", "-m", "tests.doubles.vultr", "--port", "8099",
+                   "--api-key-file", "/etc/salt/vultr-api-key")
+    assert started.returncode == 0, started.stderr
+    try:
+        deadline = time.monotonic() + 30
+        while mlab("run", "coord-syd-1", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8099").returncode != 0:
+            assert time.monotonic() < deadline, "the Vultr double did not start"
+            time.sleep(1)
+        made = mlab("master", "salt-cloud", "-p", "freeswitch", "fs-syd-3", "--out=json")
+        assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+        assert "fs-syd-3" in master_json("salt-key", "--list=all")["minions"]
+        listed = mlab("master", "salt-cloud", "-Q", "--out=json")
+        assert "fs-syd-3" in listed.stdout, listed.stdout
+        destroyed = mlab("master", "salt-cloud", "-y", "-d", "fs-syd-3", "--out=json")
+        assert destroyed.returncode == 0, destroyed.stdout[-3000:] + destroyed.stderr[-3000:]
+        assert "fs-syd-3" not in master_json("salt-key", "--list=all")["minions"]
+        assert "fs-syd-3" not in mlab("master", "salt-cloud", "-Q", "--out=json").stdout
+    finally:
+        mlab("run", "coord-syd-1", "systemctl", "stop", "gopbx-vultr-double")
 
 
 def test_a_second_highstate_changes_nothing(lab):
@@ -110,11 +237,43 @@ def test_a_minion_with_an_unexpected_id_is_not_accepted_and_gets_nothing(lab):
     mlab("master", "salt-key", "--yes", "--delete", "evil-1")
 
 
+def ancestry(pid):
+    """A process's ancestors' PIDs, nearest first."""
+    chain = []
+    while pid not in ("0", "1"):
+        try:
+            pid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        except (OSError, IndexError):
+            break
+        chain.append(pid)
+    return chain
+
+
+def pid_namespaces():
+    """{pid: its PID namespace} for every process of this host."""
+    found = {}
+    for link in Path("/proc").glob("[0-9]*/ns/pid"):
+        try:
+            found[link.parent.parent.name] = os.readlink(link)
+        except OSError:
+            continue
+    return found
+
+
 def test_teardown_leaves_nothing_behind(lab):
+    # The machines' PID namespaces: those of the processes under each systemd-nspawn.
+    nspawns = subprocess.run(["pgrep", "-f", "systemd-nspawn"], capture_output=True, text=True).stdout.split()
+    ours = os.readlink("/proc/self/ns/pid")
+    namespaces = pid_namespaces()
+    lab = {namespace for pid, namespace in namespaces.items() if namespace != ours
+           and any(f"/{nspawn}/" in "/".join(["", *ancestry(pid), ""]) for nspawn in nspawns)}
+    assert len(lab) == len(TOPOLOGY["machines"]), lab
     assert mlab("down").returncode == 0
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "mlab-" not in namespaces and "gopbx-mlab" not in namespaces
     assert str(STATE / "machines") not in Path("/proc/mounts").read_text()
     processes = subprocess.run(["pgrep", "-f", "systemd-nspawn"], capture_output=True, text=True).stdout
     assert processes.strip() == ""
+    # Nor any process of a machine (a killed nspawn once left its machine's systemd running).
+    assert [pid for pid, namespace in pid_namespaces().items() if namespace in lab] == []
     assert not (STATE / "machines").exists() or not any((STATE / "machines").iterdir())
