@@ -17,7 +17,7 @@ import time
 import uuid as uuidlib
 from urllib.parse import quote
 
-from tests.doubles import ServedDouble
+from tests.doubles import ServedDouble, freeswitch_rules
 
 
 def _message(headers, body=""):
@@ -42,16 +42,7 @@ class _Session(socketserver.StreamRequestHandler):
         double.sessions.discard(self)
 
     def _read_command(self):
-        lines = []
-        while True:
-            line = self.rfile.readline()
-            if not line:
-                return None
-            line = line.decode("utf-8", "replace").strip()
-            if not line and lines:
-                return " ".join(lines)
-            if line:
-                lines.append(line)
+        return freeswitch_rules.read_esl_command(self.rfile)
 
     def _dispatch(self, double, command):
         verb, _, rest = command.partition(" ")

@@ -22,6 +22,8 @@ INLINE_APPLICATIONS = frozenset(_double.INLINE)
 sofia_destination = _double.sofia_destination
 # mod_event_socket's and sofia's ACL check: first matching node, else the list's default.
 acl_allows = _double.acl_allows
+# An event-socket client's command, as mod_event_socket reads it.
+read_esl_command = _double.read_esl_command
 
 
 def inline_refusals(dialplan):

@@ -427,6 +427,20 @@ class SipDouble:
 
 # --- the event socket ---
 
+def read_esl_command(rfile):
+    """One client command (its lines up to a blank line, joined), or None when the client is gone."""
+    lines = []
+    while True:
+        line = rfile.readline()
+        if not line:
+            return None
+        line = line.decode("utf-8", "replace").strip()
+        if not line and lines:
+            return " ".join(lines)
+        if line:
+            lines.append(line)
+
+
 class EslSession(socketserver.StreamRequestHandler):
     def handle(self):
         node = self.server.node
@@ -438,7 +452,7 @@ class EslSession(socketserver.StreamRequestHandler):
         self.write({"Content-Type": "auth/request"})
         authenticated = False
         while True:
-            command = self.read_command()
+            command = read_esl_command(self.rfile)
             if command is None or command == "exit":
                 break
             verb, _, rest = command.partition(" ")
@@ -457,18 +471,6 @@ class EslSession(socketserver.StreamRequestHandler):
             elif verb == "api":
                 self.write({"Content-Type": "api/response"}, node.api(rest))
         node.sessions.discard(self)
-
-    def read_command(self):
-        lines = []
-        while True:
-            line = self.rfile.readline()
-            if not line:
-                return None
-            line = line.decode("utf-8", "replace").strip()
-            if not line and lines:
-                return " ".join(lines)
-            if line:
-                lines.append(line)
 
     def write(self, headers, body=""):
         data = body.encode()
