@@ -9,7 +9,7 @@
       'kamailio_rpc_url': 'http://' ~ salt_master.plan.kamailio ~ ':8080/jsonrpc',
       'redis_url': 'redis://:' ~ salt_master.secrets['redis:password'] ~ '@' ~ salt_master.plan.redis ~ ':6379/0',
       'allowed_networks': salt_master.allowed_networks,
-      'placement': salt_master.placement}} %}
+      'placement': salt_master.placement} } %}
 
 salt-master-runner-config-managed:
   file.managed:
