@@ -108,16 +108,25 @@ def measure(lookup_factory, users):
             mine.append((time.perf_counter() - started) * 1000)
         latencies.extend(mine)
 
-    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(CLIENTS)]
+    elapsed = run_together([threading.Thread(target=client, args=(seed,)) for seed in range(CLIENTS)], barrier)
+    return rate_and_percentiles(latencies, elapsed)
+
+
+def run_together(threads, barrier):
+    """Start the clients, release them at once (the barrier); seconds until the last is done."""
     for thread in threads:
         thread.start()
     barrier.wait()
     started = time.perf_counter()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - started
-    latencies.sort()
-    return (len(latencies) / elapsed, latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)])
+    return time.perf_counter() - started
+
+
+def rate_and_percentiles(latencies, elapsed):
+    """(per second, p50, p99) of latencies (ms) measured over elapsed seconds."""
+    ordered = sorted(latencies)
+    return (len(ordered) / elapsed, ordered[len(ordered) // 2], ordered[min(int(len(ordered) * 0.99), len(ordered) - 1)])
 
 
 def connect():

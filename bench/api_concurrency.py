@@ -24,6 +24,7 @@ from pathlib import Path
 
 import requests
 import yaml
+from api_bench import rate_and_percentiles, run_together  # the lookup benchmark's client timing
 
 REPO = Path(__file__).resolve().parent.parent
 NGINX, NAME, API = "127.28.0.13", "api.gopbx.au", ("127.28.0.30", 8080)
@@ -81,19 +82,10 @@ def run(connect, clients, per_client, bearer):
         with lock:
             latencies.extend(mine)
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed = run_together([threading.Thread(target=client) for _ in range(clients)], barrier)
     if not latencies:
         return (0.0, float("nan"), float("nan"), server_errors[0], failures[0])
-    latencies.sort()
-    return (len(latencies) / elapsed, latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1],
-            server_errors[0], failures[0])
+    return (*rate_and_percentiles(latencies, elapsed), server_errors[0], failures[0])
 
 
 def median_of(results):
