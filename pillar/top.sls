@@ -1,22 +1,30 @@
-# Pillar is assigned by minion id only (a minion controls its own grains).
+# Pillar is assigned by minion id only (a minion controls its own grains), and
+# only to whole ids of the naming scheme <role>-<location>-<n>: 'fs-syd-1.evil'
+# or 'fs-syd-1-x' get nothing.
+# Secrets are not here: the ext_pillar gopbx_secrets (_pillar/) hands each minion
+# those its roles' formulas declare, from the encrypted secrets file.
 base:
   '*':
     - plan
-  'coord-*':
+  '^coord-[a-z]+-[0-9]+$':
+    - match: pcre
     - roles.coordinator
-  'kam-*':
+  '^kam-[a-z]+-[0-9]+$':
+    - match: pcre
     - roles.kamailio_standby
-  'pgrep-*':
+  '^pgrep-[a-z]+-[0-9]+$':
+    - match: pcre
     - roles.pg_replica
-  'fs-*':
+  '^fs-[a-z]+-[0-9]+$':
+    - match: pcre
     - roles.freeswitch
-  '*-syd-* or *-mel-*':
-    - match: compound
+  '^[a-z]+-(syd|mel)-[0-9]+$':
+    - match: pcre
     - regions.au
-    # Deployment secrets and addresses: GPG-encrypted, kept beside the tree, never
+    # Addresses of VMs made after the seed: kept beside the tree, never
     # committed. Shape: site/au.sls.example.
     - site.au
-  'lab-*':
+  # The labs' own pillar (lab/pillar/, a pillar root only their configurations add).
+  '^lab-[a-z]+-[0-9]+$':
+    - match: pcre
     - lab
-    # Throwaway lab secrets, made by the lab command under .lab/ (git-ignored).
-    - site.lab

@@ -35,9 +35,12 @@ SECRET_NAMES = {
 }
 
 
+SECRETS = LAB / "secrets.sls"
+
+
 def ensure_secrets():
     """Make the lab's throwaway secrets once; later runs keep them and add any new ones."""
-    path = LAB / "pillar" / "site" / "lab.sls"
+    path = SECRETS
     data = json.loads(path.read_text().split("\n", 1)[1]) if path.exists() else {"secrets": {}}
     before = json.dumps(data, sort_keys=True)
     for group, names in SECRET_NAMES.items():
@@ -56,8 +59,8 @@ def ensure_secrets():
     return path
 
 
-def write_minion_config(config_dir, root, pillar_root, minion_id=MINION_ID):
-    """A masterless minion configuration for this tree (the lab's, and the tests')."""
+def write_minion_config(config_dir, root, secrets_file, minion_id=MINION_ID, site_pillar=None):
+    """A masterless minion configuration for this tree and the lab's parts (the lab's, and the tests')."""
     config_dir = Path(config_dir)
     config_dir.mkdir(parents=True, exist_ok=True)
     config = {
@@ -65,14 +68,16 @@ def write_minion_config(config_dir, root, pillar_root, minion_id=MINION_ID):
         "file_client": "local",
         "root_dir": str(root),
         "log_file": str(Path(root) / "var" / "log" / "salt" / "minion"),
-        "file_roots": {"base": [str(REPO / "salt"), str(REPO)]},
-        "file_ignore_regex": [r"/\.git($|/)", r"/\.venv($|/)", r"/\.lab/(salt-root|etc)($|/)", r"/tests($|/)"],
-        "pillar_roots": {"base": [str(REPO / "pillar"), str(pillar_root)]},
+        "file_roots": {"base": [str(REPO / "salt"), str(REPO / "lab" / "salt")]},
+        "pillar_roots": {"base": [str(REPO / "pillar"), str(REPO / "lab" / "pillar")]
+                         + ([str(site_pillar)] if site_pillar else [])},
+        "ext_pillar": [{"gopbx_secrets": str(secrets_file)}],
+        "pillar_dirs": [str(REPO / "_pillar")],
         "pillar_safe_render_error": True,
         "state_verbose": False,
         # systemctl is installed but systemd is not PID 1 here: without this Salt
         # loads systemd_service in "offline" mode and every service state does
-        # nothing (see _modules/gopbx_initscripts.py).
+        # nothing (see lab/salt/_modules/gopbx_initscripts.py).
         "providers": {"service": "gopbx_initscripts"},
     }
     (config_dir / "minion").write_text(json.dumps(config, indent=2) + "\n")
@@ -81,7 +86,7 @@ def write_minion_config(config_dir, root, pillar_root, minion_id=MINION_ID):
 
 def minion_config():
     """Write the lab's masterless minion configuration for this checkout; return its directory."""
-    return write_minion_config(LAB / "etc" / "salt", LAB / "salt-root", LAB / "pillar")
+    return write_minion_config(LAB / "etc" / "salt", LAB / "salt-root", SECRETS)
 
 
 def salt_call(args, capture=False):
@@ -156,7 +161,7 @@ def status():
     for label, address, port, what in rows:
         state = ("listening" if listening(address, port) else "DOWN") if what != "ng" else ng_state(address, port)
         print(f"{label:<12} {address + ':' + str(port):<22} {what:<5} {state}")
-    print(f"secrets: {LAB / 'pillar' / 'site' / 'lab.sls'} (throwaway, git-ignored; the API's admin password "
+    print(f"secrets: {SECRETS} (throwaway, git-ignored; the API's admin password "
           "is secrets:api:admin_password there)")
 
 

@@ -10,7 +10,7 @@ salt-master on the coordinator driving every role the production way.
     scripts/mlab down               # machines, mounts, namespaces, processes: all gone
 
 Machines are systemd-nspawn containers booting real systemd, one network namespace
-each, joined by a bridge in a lab namespace (pillar/mlab/topology.sls gives the
+each, joined by a bridge in a lab namespace (lab/mlab/topology.yaml gives the
 addresses, a private plan that exists only inside those namespaces). Each machine
 is an overlay on one template root built with debootstrap; the template holds every
 package the roles install, Salt and the API's wheels, since machines have no route
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Outside the tree: the lab and the master serve the tree's root as file roots.
 STATE = Path("/var/lib/gopbx-mlab")
 TEMPLATE = STATE / "template"
-TOPOLOGY = yaml.safe_load((REPO / "pillar" / "mlab" / "topology.sls").read_text())["mlab"]
+TOPOLOGY = yaml.safe_load((REPO / "lab" / "mlab" / "topology.yaml").read_text())["mlab"]
 LAB_NS = "gopbx-mlab"
 MIRROR = "http://deb.debian.org/debian"
 SALT_VENV = "/opt/saltstack/venv"
@@ -205,15 +205,19 @@ def lab_secrets():
     return made
 
 
+def secrets_file():
+    """The region's secrets file (outside pillar_roots; gopbx_secrets hands them out by role)."""
+    return "# Written by scripts/mlab: the multi-host lab's throwaway secrets.\n" + json.dumps(
+        {"secrets": lab_secrets()}) + "\n"
+
+
 def site_pillar():
-    """The deployment's site pillar for this topology: secrets, plus what differs from AU."""
-    made = lab_secrets()
+    """The deployment's site pillar for this topology: what differs from AU."""
     coord = TOPOLOGY["machines"][coordinator()]
     machines = TOPOLOGY["machines"]
     return "\n".join([
         "#!jinja|yaml",
-        "# Written by scripts/mlab: the multi-host lab's site pillar (throwaway secrets).",
-        "secrets: " + json.dumps(made),
+        "# Written by scripts/mlab: the multi-host lab's site pillar.",
         "# This kernel has no dummy driver: the plan's addresses sit on a bridge with no ports.",
         "network: {internal: {link_type: bridge}}",
         "postgres: {version: 15, pgdg: false, extra_listen_addresses: [], replicas: []}",
@@ -229,7 +233,7 @@ def site_pillar():
         f"api: {{salt_webhook_url: 'http://127.0.0.1:8000/gopbx/provision', "
         f"pip_options: '--no-index --find-links {WHEELS}'}}",
         "# FreeSWITCH can't be installed here: media nodes run the real freeswitch formula",
-        "# with a named double in place of the FreeSWITCH binary (salt/freeswitch_double).",
+        "# with a named double in place of the FreeSWITCH binary (lab/salt/freeswitch_double).",
         "freeswitch: {binary: double, repo: false}",
     ]) + "\n"
 
@@ -257,7 +261,9 @@ def prepare(name):
             link.symlink_to(f"/etc/systemd/system/{unit}.service")
     if name == coordinator():
         write(root, "/etc/salt/master.d/gopbx.conf", (REPO / "etc/salt/master.d/gopbx.conf").read_text())
+        write(root, "/etc/salt/master.d/lab.conf", (REPO / "lab/mlab/master.d-lab.conf").read_text())
         write(root, "/srv/gopbx-site/pillar/site/au.sls", site_pillar(), mode=0o600)
+        write(root, "/srv/gopbx-site/secrets.sls", secrets_file(), mode=0o600)
     return root
 
 
@@ -388,7 +394,7 @@ def accept_keys(timeout=180):
         fingerprint = salt_json("salt-key", "--finger", name).get("minions_pre", {}).get(name)
         on_master("salt-key", "--yes", "--accept", name)
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "minion": name,
-                 "fingerprint": fingerprint, "by": "scripts/mlab up", "expected_from": "pillar/mlab/topology.sls"}
+                 "fingerprint": fingerprint, "by": "scripts/mlab up", "expected_from": "lab/mlab/topology.yaml"}
         with audit.open("a") as handle:
             handle.write(json.dumps(entry) + "\n")
         on_master("logger", "-t", "gopbx-key-acceptance", json.dumps(entry))

@@ -6,6 +6,8 @@ import secrets
 import subprocess
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 
@@ -27,10 +29,29 @@ def fake_secrets():
     return made
 
 
-def write_minion_config(directory, pillar_root, minion_id="lab-coord-1"):
-    """The lab's masterless minion configuration, with its own root and another pillar root."""
+def write_minion_config(directory, secrets_file, site_pillar=None, minion_id="lab-coord-1"):
+    """The lab's masterless minion configuration, with its own root, secrets file and site pillar root."""
     lab = load_module("scripts", "lab", alias="gopbx_lab_script")
-    return lab.write_minion_config(directory, Path(directory) / "root", pillar_root, minion_id)
+    return lab.write_minion_config(directory, Path(directory) / "root", secrets_file, minion_id, site_pillar)
+
+
+def master_config(site_dir, secrets, site_pillar=None, lab=False, **overrides):
+    """
+    etc/salt/master.d/gopbx.conf as a test master's configuration: the tree at
+    this checkout, the site (secrets.sls, pillar/site/au.sls) under ``site_dir``.
+    ``lab`` adds the labs' file and pillar roots, as the lab configurations do.
+    """
+    site_dir = Path(site_dir)
+    (site_dir / "pillar" / "site").mkdir(parents=True, exist_ok=True)
+    (site_dir / "secrets.sls").write_text(json.dumps({"secrets": secrets}))
+    (site_dir / "pillar" / "site" / "au.sls").write_text(json.dumps(site_pillar or {}))
+    text = (REPO / "etc" / "salt" / "master.d" / "gopbx.conf").read_text()
+    config = yaml.safe_load(text.replace("/srv/gopbx-site", str(site_dir)).replace("/srv/gopbx", str(REPO)))
+    if lab:
+        config["file_roots"]["base"].append(str(REPO / "lab" / "salt"))
+        config["pillar_roots"]["base"].append(str(REPO / "lab" / "pillar"))
+    config.update(interface="127.0.0.1", **overrides)
+    return config
 
 
 def salt_call(config_dir, *args, minion_id=None, check=True):

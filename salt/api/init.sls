@@ -1,5 +1,8 @@
 {#- The control-plane API (api/ in this tree) in its own venv, as a service on its
-    plan address. Pillar holds the admin's password hash, never the password. #}
+    plan address. Pillar holds the admin's password hash, never the password.
+    The code reaches the master's file server through two links in files/
+    (gopbx_api -> api/gopbx_api, requirements.txt -> api/requirements.txt): the
+    tree's root is not served, so the API's tests and tools stay off every host. #}
 {%- from 'api/map.jinja' import api with context %}
 {%- set home = api.home %}
 
@@ -18,7 +21,7 @@ api-user-present:
 api-code-managed:
   file.recurse:
     - name: {{ home }}/app/gopbx_api
-    - source: salt://api/gopbx_api
+    - source: salt://api/files/gopbx_api
     - clean: True
     - file_mode: '0644'
     - dir_mode: '0755'
@@ -27,7 +30,7 @@ api-code-managed:
 api-requirements-managed:
   file.managed:
     - name: {{ home }}/requirements.txt
-    - source: salt://api/requirements.txt
+    - source: salt://api/files/requirements.txt
     - mode: '0644'
     - makedirs: True
 
@@ -60,7 +63,7 @@ api-settings-managed:
         api: {{ api | json }}
         {#- Media nodes send calls for devices to Kamailio's internal SIP socket. #}
         kamailio_sip: {{ (api.plan.kamailio ~ ':' ~ salt['pillar.get']('kamailio:sip_port', 5060)) | json }}
-        previous_keys: {{ salt['gopbx_pillar.plain']('api:previous_jwt_keys', []) | json }}
+        previous_keys: {{ api.secrets.get('previous_jwt_keys', []) | json }}
     - user: root
     - group: gopbx-api
     - mode: '0640'

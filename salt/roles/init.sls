@@ -1,7 +1,7 @@
-{#- The formulas of this minion's roles (gopbx_pillar.ROLE_STATES), in order. A bad
-    'roles' value or address plan fails here, naming the pillar key. #}
+{#- The states of this minion's roles: roles/<role>.sls for each role its pillar
+    gives it (by minion id). A bad 'roles' value or address plan fails here,
+    naming the pillar key. #}
 include:
-{%- for sls in salt['gopbx_pillar.states']() %}
+{%- for sls in salt['gopbx_pillar.role_states']() %}
   - {{ sls }}
-{%- else %} []
 {%- endfor %}

@@ -36,7 +36,7 @@ salt-master-vultr-key-managed:
 
 {#- salt-cloud's provider (this tree's, with the API URL from pillar) and profiles,
     beside the master's configuration, where salt-cloud reads them. #}
-{%- import_yaml 'cloud.providers.d/vultr.conf' as providers %}
+{%- import_yaml 'salt_master/files/cloud-providers.conf' as providers %}
 {%- do providers.vultr.update({'api_url': salt_master.vultr_api_url}) %}
 
 salt-master-cloud-provider-managed:
@@ -51,6 +51,6 @@ salt-master-cloud-provider-managed:
 salt-master-cloud-profiles-managed:
   file.managed:
     - name: {{ salt_master.config_dir }}/cloud.profiles.d/gopbx.conf
-    - source: salt://cloud.profiles.d/gopbx.conf
+    - source: salt://salt_master/files/cloud-profiles.conf
     - makedirs: True
     - mode: '0644'

@@ -3,7 +3,7 @@ What FreeSWITCH 1.10 does with what this tree gives it, as read from its source,
 for the tests that stand in for a node (FreeSWITCH can't be installed here). Last
 round the doubles accepted four things a real FreeSWITCH refuses; each rule here
 is one of those. The rules live in the lab's FreeSWITCH double
-(salt/freeswitch_double/files/freeswitch_double.py), which acts on them in the
+(lab/salt/freeswitch_double/files/freeswitch_double.py), which acts on them in the
 multi-host lab; the tests read the same rules from there.
 """
 
@@ -12,7 +12,7 @@ import importlib.util
 from tests.support import REPO
 
 _spec = importlib.util.spec_from_file_location(
-    "gopbx_freeswitch_double", REPO / "salt" / "freeswitch_double" / "files" / "freeswitch_double.py")
+    "gopbx_freeswitch_double", REPO / "lab" / "salt" / "freeswitch_double" / "files" / "freeswitch_double.py")
 _double = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_double)
 

@@ -1,10 +1,8 @@
 """A real salt-master and salt-minions (pytest-salt-factories) serving this tree."""
 
-import json
-
 import pytest
 
-from tests.support import REPO, fake_secrets
+from tests.support import REPO, fake_secrets, master_config
 
 
 @pytest.fixture(scope="session")
@@ -15,16 +13,12 @@ def salt_factories_config(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def master(salt_factories, tmp_path_factory):
-    site = tmp_path_factory.mktemp("site-pillar")
-    (site / "site").mkdir()
-    (site / "site" / "lab.sls").write_text(json.dumps({"secrets": fake_secrets()}))
-    config = {
-        "file_roots": {"base": [str(REPO / "salt"), str(REPO), str(REPO / "tests" / "integration" / "states")]},
-        "file_ignore_regex": [r"/\.git($|/)", r"/\.venv($|/)", r"/\.lab($|/)"],
-        "pillar_roots": {"base": [str(REPO / "pillar"), str(site)]},
-        "pillar_safe_render_error": True,
-        "interface": "127.0.0.1",
-    }
+    made = fake_secrets()
+    made["freeswitch"]["signalwire_token"] = "pat_fake_signalwire_token_for_tests"
+    site = tmp_path_factory.mktemp("site")
+    # gopbx_site: not a Salt option; the tests read the secrets file back through it.
+    config = master_config(site, made, lab=True, engines=[], gopbx_site=str(site))
+    config["file_roots"]["base"].append(str(REPO / "tests" / "integration" / "states"))
     factory = salt_factories.salt_master_daemon("gopbx-master", overrides=config)
     with factory.started():
         yield factory

@@ -13,7 +13,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from tests.render.checkers import free_port
-from tests.support import REPO, fake_secrets, load_module
+from tests.support import REPO, fake_secrets, load_module, master_config
 from tests.system import sip
 from tests.system.conftest import lab  # noqa: F401  (the lab, brought up by its own command)
 
@@ -72,33 +72,21 @@ def secrets(lab):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def master(salt_factories, secrets, tmp_path_factory):
-    site = tmp_path_factory.mktemp("site-pillar")
-    (site / "site").mkdir()
     made = fake_secrets()
     made["freeswitch"]["signalwire_token"] = "pat_fake_signalwire_token_for_tests"
-    (site / "site" / "au.sls").write_text(json.dumps({"secrets": made, "freeswitch": {"node_network": NODE_NETWORK}}))
-    config = {
-        # The FreeSWITCH formula's double first: it shadows freeswitch/init.sls only.
-        "file_roots": {"base": [str(REPO / "tests" / "integration" / "freeswitch_double"), str(REPO / "salt"),
-                                str(REPO)]},
-        "file_ignore_regex": [r"/\.git($|/)", r"/\.venv($|/)", r"/\.lab($|/)"],
-        "pillar_roots": {"base": [str(REPO / "pillar"), str(site)]},
-        "runner_dirs": [str(REPO / "_runners")],
-        "reactor": [{TAG: [str(REPO / "reactor" / "freeswitch-ready.sls")]},
-                    {"salt/engines/hook/gopbx/provision": [str(REPO / "reactor" / "provision.sls")]}],
+    config = master_config(
+        tmp_path_factory.mktemp("site"), made, site_pillar={"freeswitch": {"node_network": NODE_NETWORK}},
         # The API pokes this for POST /v1/provisioning (tests/integration/test_salt_cloud.py).
-        "engines": [{"webhook": {"address": "127.0.0.1", "port": free_port()}}],
-        "cloud_dirs": [str(REPO / "_clouds")],
-        "utils_dirs": [str(REPO / "_utils")],
-        "interface": "127.0.0.1",
-        "gopbx": {
+        engines=[{"webhook": {"address": "127.0.0.1", "port": free_port()}}],
+        gopbx={
             "database_dsn": (f"host=127.28.0.12 port=5432 dbname=gopbx user=gopbx_salt "
                              f"password={secrets['postgres']['salt']}"),
             "kamailio_rpc_url": sip.RPC_URL,
             "redis_url": f"redis://:{secrets['redis']['password']}@127.28.0.11:6379/0",
             "allowed_networks": [NODE_NETWORK],
-        },
-    }
+        })
+    # The FreeSWITCH formula's double first: it shadows freeswitch/init.sls only.
+    config["file_roots"]["base"].insert(0, str(REPO / "tests" / "integration" / "freeswitch_double"))
     factory = salt_factories.salt_master_daemon("gopbx-reg-master", overrides=config)
     with factory.started():
         yield factory

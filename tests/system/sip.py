@@ -25,7 +25,7 @@ KAMAILIO_TLS = ("127.0.0.1", 5061)
 RPC_URL = "http://127.28.0.15:8080/jsonrpc"
 RTPENGINE_NG = ("127.28.0.1", 2223)
 PGBOUNCER = "127.28.0.12"
-STANDIN_SCENARIO = REPO / "salt" / "media_standin" / "files" / "uas.xml"
+STANDIN_SCENARIO = REPO / "lab" / "salt" / "media_standin" / "files" / "uas.xml"
 PCAP = "/usr/share/sip-tester/g711a.pcap"
 TEST_DOMAIN_SUFFIX = ".systest.invalid"
 

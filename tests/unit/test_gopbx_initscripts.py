@@ -6,7 +6,7 @@ import pytest
 
 from tests.support import load_module
 
-initscripts = load_module("_modules", "gopbx_initscripts")
+initscripts = load_module("lab/salt/_modules", "gopbx_initscripts", alias="lab_modules_gopbx_initscripts")
 
 
 @pytest.fixture

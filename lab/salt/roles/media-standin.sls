@@ -1,0 +1,3 @@
+# Lab only: SIPp stand-ins in place of FreeSWITCH media nodes (no Debian 12 package).
+include:
+  - media_standin

@@ -1,0 +1,12 @@
+# The coordinator (coord-<region>-<n>): the region's database, SIP edge, media
+# relay, API and salt-master. Formulas in the order they run.
+include:
+  - network
+  - postgres
+  - pgbouncer
+  - redis
+  - rtpengine
+  - kamailio
+  - api
+  - nginx
+  - salt_master

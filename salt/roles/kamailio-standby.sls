@@ -1,0 +1,3 @@
+# The Kamailio standby (kam-<region>-<n>): a second SIP edge.
+include:
+  - kamailio

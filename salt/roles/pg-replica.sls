@@ -1,0 +1,2 @@
+# The PostgreSQL streaming replica (pgrep-<region>-<n>): common only, for now.
+include: []
