@@ -232,7 +232,7 @@ def _reason(error):
 
 
 def _check_schema(formula, merged, schema):
-    schema = dict(schema, **{"$defs": DEFINITIONS})
+    schema = dict(schema, **{"$defs": {**DEFINITIONS, **(schema.get("$defs") or {})}})
     validator = jsonschema.Draft202012Validator(schema, format_checker=FORMATS)
     errors = sorted(validator.iter_errors(merged), key=lambda error: (len(error.absolute_path), list(
         map(str, error.absolute_path))))

@@ -5,4 +5,6 @@
 base:
   '*':
     - common
+    # The ports of every role this host has, open before its services start.
+    - firewall
     - roles

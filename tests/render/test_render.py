@@ -95,7 +95,8 @@ def test_every_role_renders_its_formulas(lowstate, minion_id):
     chunks = lowstate(minion_id)
     assert all(isinstance(chunk, dict) for chunk in chunks), chunks
     formulas = {chunk["__sls__"] for chunk in chunks}
-    expected = {"common"}
+    # The lab never runs ufw on the host it shares (firewall:enabled false).
+    expected = {"common"} if minion_id.startswith("lab-") else {"common", "firewall"}
     if ROLE_OF[minion_id] == "coordinator":
         expected |= {"postgres", "pgbouncer", "redis", "rtpengine", "kamailio", "api", "nginx", "salt_master"}
         # The lab's plan is on loopback: the network formula has nothing to do there;
@@ -181,6 +182,29 @@ def test_production_internal_network_holds_every_plan_address(rendered):
     assert "ip link add gopbx0 type dummy" in interface
     for host in (1, 10, 11, 12, 13, 15, 30, 40, 41, 42, 43, 44):
         assert f"ip addr add 172.28.0.{host}/24 dev gopbx0" in interface
+
+
+def firewall_rules(lowstate, minion_id):
+    return {(chunk.get("src", "any"), chunk["dport"] + "/" + chunk["proto"]) for chunk in lowstate(minion_id)
+            if chunk["state"] == "ufw" and chunk["fun"] == "rule_present"}
+
+
+def test_the_firewall_opens_the_seeds_public_ports_and_control_ports_only_privately(lowstate):
+    private = ("172.28.0.0/24", "10.28.0.0/20")
+    coordinator = firewall_rules(lowstate, "coord-syd-1")
+    public = {"22/tcp", "80/tcp", "443/tcp", "5060/udp", "5060/tcp", "5061/tcp", "16384:32768/udp"}
+    control = {"2223/udp", "5432/tcp", "6379/tcp", "8080/tcp", "4505:4506/tcp"}
+    assert coordinator == {("any", port) for port in public} | {(net, port) for net in private for port in control}
+    # Media nodes: SSH in public; SIP, the event socket and media from the private networks only.
+    assert firewall_rules(lowstate, "fs-syd-1") == {("any", "22/tcp")} | {
+        (net, port) for net in private for port in ("5080/udp", "5080/tcp", "8021/tcp", "16384:32768/udp")}
+    assert ("any", "2223/udp") not in coordinator
+    chunks = [chunk for chunk in lowstate("kam-mel-1") if chunk["state"] == "ufw"]
+    # ufw is enabled last, after every rule (SSH stays open) and the default deny.
+    enabled = next(chunk for chunk in chunks if chunk["fun"] == "enabled")
+    assert {"ufw": "firewall-incoming-denied"} in enabled["require"]
+    assert all({"ufw": "firewall-ufw-enabled"} in chunk["require_in"] for chunk in chunks
+               if chunk["fun"] == "rule_present")
 
 
 def test_lab_needs_no_interface(lowstate):
