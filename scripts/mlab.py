@@ -234,7 +234,7 @@ def site_pillar():
         f"pip_options: '--no-index --find-links {WHEELS}'}}",
         "# FreeSWITCH can't be installed here: media nodes run the real freeswitch formula",
         "# with a named double in place of the FreeSWITCH binary (lab/salt/freeswitch_double).",
-        "freeswitch: {binary: double, repo: false}",
+        "freeswitch: {binary: double, repo: false, node_network: " + TOPOLOGY["vpc"] + "}",
     ]) + "\n"
 
 

@@ -299,3 +299,90 @@ def test_teardown_leaves_nothing_behind(lab):
     # Nor any process of a machine (a killed nspawn once left its machine's systemd running).
     assert [pid for pid, namespace in pid_namespaces().items() if namespace in lab] == []
     assert not (STATE / "machines").exists() or not any((STATE / "machines").iterdir())
+
+
+OUTSIDE_NS = "gopbx-mlab-outside"
+
+
+@pytest.fixture(scope="module")
+def outside(lab):
+    """A host on the internet's side: on the lab's bridge, outside the region's private network (the VPC)."""
+    run = lambda *command: subprocess.run(command, check=True)  # noqa: E731
+    subprocess.run(["ip", "netns", "delete", OUTSIDE_NS], check=False, capture_output=True)
+    run("ip", "netns", "add", OUTSIDE_NS)
+    try:
+        run("ip", "link", "add", "mv-outside", "netns", "gopbx-mlab", "type", "veth", "peer", "name", "eth0",
+            "netns", OUTSIDE_NS)
+        run("ip", "-n", "gopbx-mlab", "link", "set", "mv-outside", "master", "br0", "up")
+        run("ip", "-n", OUTSIDE_NS, "addr", "add", f"{TOPOLOGY['outside']}/24", "dev", "eth0")
+        run("ip", "-n", OUTSIDE_NS, "link", "set", "eth0", "up")
+        run("ip", "-n", OUTSIDE_NS, "link", "set", "lo", "up")
+        # Even knowing the plan's private addresses and routing to them through the coordinator.
+        run("ip", "-n", OUTSIDE_NS, "route", "add", "172.28.0.0/24", "via", TOPOLOGY["machines"]["coord-syd-1"])
+        yield OUTSIDE_NS
+    finally:
+        subprocess.run(["ip", "netns", "delete", OUTSIDE_NS], check=False)
+
+
+PROBE = """
+import socket, sys
+kind, address, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if kind == "tcp":
+    with socket.socket() as sock:
+        sock.settimeout(3)
+        print("open" if sock.connect_ex((address, port)) == 0 else "closed")
+else:  # udp: RTPEngine's ng ping, or SIP OPTIONS; open means it answered
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        sock.connect((address, port))
+        message = (b"ufw1 d7:command4:pinge" if kind == "ng" else
+                   b"OPTIONS sip:" + address.encode() + b" SIP/2.0\\r\\nVia: SIP/2.0/UDP " +
+                   sock.getsockname()[0].encode() + b":%d;branch=z9hG4bK-ufw\\r\\nFrom: <sip:probe@x>;tag=1\\r\\n"
+                   b"To: <sip:" + address.encode() + b">\\r\\nCall-ID: ufw-probe\\r\\nCSeq: 1 OPTIONS\\r\\n"
+                   b"Max-Forwards: 70\\r\\nContent-Length: 0\\r\\n\\r\\n" % sock.getsockname()[1])
+        sock.send(message)
+        try:
+            print("open" if sock.recv(4096) else "closed")
+        except OSError:
+            print("closed")
+"""
+COORD, KAM, FS = (TOPOLOGY["machines"][name] for name in ("coord-syd-1", "kam-mel-1", "fs-syd-1"))
+# (what, kind, address, port): the public side of the seed's table, and control ports.
+PUBLIC = [("SIP/UDP, coordinator", "udp", COORD, 5060), ("SIP/TCP, coordinator", "tcp", COORD, 5060),
+          ("SIP/TLS, coordinator", "tcp", COORD, 5061), ("SIP/UDP, standby", "udp", KAM, 5060),
+          ("SIP/TLS, standby", "tcp", KAM, 5061)]
+CONTROL = [("RTPEngine ng", "ng", "172.28.0.1", 2223), ("PostgreSQL", "tcp", "172.28.0.10", 5432),
+           ("pgBouncer", "tcp", "172.28.0.12", 5432), ("Redis", "tcp", "172.28.0.11", 6379),
+           ("Kamailio RPC", "tcp", "172.28.0.15", 8080), ("API", "tcp", "172.28.0.30", 8080),
+           ("salt-master", "tcp", COORD, 4506), ("event socket, media node", "tcp", FS, 8021),
+           ("SIP, media node", "udp", FS, 5080)]
+
+
+def probe_from_outside(namespace, kind, address, port):
+    return subprocess.run(["ip", "netns", "exec", namespace, "python3", "-c", PROBE, kind, address, str(port)],
+                          capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+
+
+def probe_from(machine, kind, address, port):
+    return mlab("run", machine, "python3", "-c", PROBE, kind, address, str(port)).stdout.strip()
+
+
+@pytest.mark.parametrize("what,kind,address,port", PUBLIC, ids=[case[0] for case in PUBLIC])
+def test_from_outside_the_region_the_public_ports_are_open(outside, what, kind, address, port):
+    assert probe_from_outside(outside, kind, address, port) == "open", what
+
+
+@pytest.mark.parametrize("what,kind,address,port", CONTROL, ids=[case[0] for case in CONTROL])
+def test_from_outside_the_region_every_control_port_is_closed_and_from_inside_open(outside, what, kind, address,
+                                                                                   port):
+    assert probe_from_outside(outside, kind, address, port) == "closed", what
+    # The same port answers a machine of the region: it is the firewall that closes it. (A media node
+    # answers SIP from Kamailio's addresses only, so the coordinator asks it.)
+    inside = {COORD: "kam-mel-1", FS: "coord-syd-1"}.get(address, "pgrep-syd-1")
+    assert probe_from(inside, kind, address, port) == "open", what
+
+
+def test_every_machine_runs_ufw_denying_what_is_not_allowed(lab):
+    for name in TOPOLOGY["machines"]:
+        status = mlab("run", name, "ufw", "status", "verbose").stdout
+        assert "Status: active" in status and "deny (incoming)" in status, f"{name}: {status}"
