@@ -1,17 +1,25 @@
 """
 A client for Vultr's API v2 (https://www.vultr.com/api/), for the salt-cloud
 driver: instances (create, get, list, delete, wait until active) and the region,
-plan and OS catalogues. Vultr's own error message is surfaced; 429 and 5xx are
-retried with exponential backoff (honouring Retry-After).
+plan and OS catalogues. Vultr's own error message is surfaced.
+
+Only idempotent calls are retried as such (urllib3's Retry: 429 and 5xx, with
+exponential backoff honouring Retry-After, and lost connections). A create is
+never simply sent again: a timeout after Vultr accepted it would make a second
+paid VM with the same label. After a failed create the client looks the label
+up first, and creates again only if Vultr has no such instance.
 """
 
 import base64
 import time
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 API_URL = "https://api.vultr.com/v2"
-RETRIED = {429, 500, 502, 503, 504}
+RETRIED = frozenset({429, 500, 502, 503, 504})
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
 class VultrError(Exception):
@@ -27,24 +35,18 @@ class Vultr:
         self.url, self.timeout, self.retries, self.backoff, self.sleep = url.rstrip("/"), timeout, retries, backoff, sleep
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {api_key}"
+        retry = Retry(total=retries, backoff_factor=backoff, status_forcelist=RETRIED, allowed_methods=IDEMPOTENT,
+                      respect_retry_after_header=True, raise_on_status=False)
+        self.session.mount(self.url.split("://", 1)[0] + "://", HTTPAdapter(max_retries=retry))
 
     def request(self, method, path, body=None, params=None):
-        for attempt in range(self.retries + 1):
-            try:
-                reply = self.session.request(method, self.url + path, json=body, params=params, timeout=self.timeout)
-            except requests.RequestException as exc:
-                if attempt == self.retries:
-                    raise VultrError(0, f"{method} {path}: {exc}") from None
-                self.sleep(self.backoff * 2 ** attempt)
-                continue
-            if reply.status_code in RETRIED and attempt < self.retries:
-                wait = reply.headers.get("Retry-After", "")
-                self.sleep(float(wait) if wait.replace(".", "", 1).isdigit() else self.backoff * 2 ** attempt)
-                continue
-            if reply.status_code >= 400:
-                raise VultrError(reply.status_code, _message(reply))
-            return reply.json() if reply.content else {}
-        raise AssertionError("unreachable")
+        try:
+            reply = self.session.request(method, self.url + path, json=body, params=params, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise VultrError(0, f"{method} {path}: {exc}") from None
+        if reply.status_code >= 400:
+            raise VultrError(reply.status_code, _message(reply))
+        return reply.json() if reply.content else {}
 
     def _all(self, path, key):
         items, cursor = [], None
@@ -74,12 +76,26 @@ class Vultr:
         return next((item for item in self.instances() if item.get("label") == label), None)
 
     def create(self, label, region, plan, os_id, user_data="", tags=(), extra=None):
-        """A new instance; ``extra`` adds request fields such as ``attach_vpc`` or ``sshkey_id``."""
+        """
+        A new instance; ``extra`` adds request fields such as ``attach_vpc`` or
+        ``sshkey_id``. On a timeout, a lost connection, 429 or 5xx the label is
+        looked up before any new attempt: Vultr may have made the VM already.
+        """
         body = {"label": label, "hostname": label, "region": region, "plan": plan, "os_id": os_id,
                 "tags": list(tags), "backups": "disabled", **(extra or {})}
         if user_data:
             body["user_data"] = base64.b64encode(user_data.encode()).decode()
-        return self.request("POST", "/instances", body)["instance"]
+        for attempt in range(self.retries + 1):
+            try:
+                return self.request("POST", "/instances", body)["instance"]
+            except VultrError as exc:
+                if exc.status not in RETRIED | {0} or attempt == self.retries:
+                    raise
+                self.sleep(self.backoff * 2 ** attempt)
+                made = self.find(label)
+                if made is not None:
+                    return made
+        raise AssertionError("unreachable")
 
     def delete(self, instance_id):
         self.request("DELETE", f"/instances/{instance_id}")

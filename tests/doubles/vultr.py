@@ -2,7 +2,8 @@
 A DOUBLE of Vultr's API v2 (the real one can't be reached from tests): the
 documented shapes of /instances, /regions, /plans and /os, bearer-key auth, cursor
 pagination, instances that turn active after a few polls, and failures on demand
-(any status with Vultr's {"error", "status"} body, or a slow answer).
+(any status with Vultr's {"error", "status"} body, a slow answer, or one that
+comes late after the request was carried out, as when a reply is lost).
 """
 
 import json
@@ -28,15 +29,17 @@ class VultrDouble(ServedDouble):
         self.api_key, self.polls_until_active, self.page_size = api_key, polls_until_active, page_size
         self.instances, self.requests, self.failures = {}, [], []
         self.delay = 0.0
+        # {method: seconds}: wait after acting on such a request, before answering it.
+        self.late = {}
         # Called with (method, path) before each answer: lets a test see the world as Vultr is asked.
         self.on_request = None
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v2"
 
-    def fail(self, status, times=1, message="double says no"):
-        """The next TIMES requests get STATUS."""
-        self.failures += [(status, message)] * times
+    def fail(self, status, times=1, message="double says no", method=None):
+        """The next TIMES requests (of METHOD, if given) get STATUS."""
+        self.failures += [(status, message, method)] * times
 
     def answer(self, method, path, query, body, key):
         if self.on_request:
@@ -45,9 +48,10 @@ class VultrDouble(ServedDouble):
             self.requests.append((method, path))
             if key != self.api_key:
                 return 401, {"error": "Invalid API token.", "status": 401}
-            if self.failures:
-                status, message = self.failures.pop(0)
-                return status, {"error": message, "status": status}
+            failure = next((item for item in self.failures if item[2] in (None, method)), None)
+            if failure:
+                self.failures.remove(failure)
+                return failure[0], {"error": failure[1], "status": failure[0]}
         catalogue = {"/v2/regions": ("regions", REGIONS), "/v2/plans": ("plans", PLANS), "/v2/os": ("os", OS)}
         if method == "GET" and path in catalogue:
             return 200, self._page(*catalogue[path], query)
@@ -107,6 +111,7 @@ def _handler(double):
             if double.delay:
                 time.sleep(double.delay)
             status, payload = double.answer(self.command, url.path, parse_qs(url.query), body, key)
+            time.sleep(double.late.get(self.command, 0))
             data = b"" if payload is None else json.dumps(payload).encode()
             self.send_response(status)
             if data:

@@ -56,16 +56,44 @@ def test_vultrs_own_error_messages_are_surfaced(double):
         client(double).create("", "syd", "vc2-2c-4gb", 2136)
 
 
-def test_429_and_5xx_are_retried_with_backoff(double):
-    waits = []
-    api = vultr.Vultr("vultr-double-key", url=double.url, sleep=waits.append, backoff=0.5)
+def test_idempotent_calls_are_retried_on_429_and_5xx(double):
+    api = client(double, backoff=0)
     double.fail(429, times=2, message="Rate limit reached")
     double.fail(503)
     assert api.regions()[0]["id"] == "syd"
-    assert waits == [0.5, 1.0, 2.0]
+    assert double.requests == [("GET", "/v2/regions")] * 5  # three refused, then two pages
     double.fail(500, times=10, message="boom")
     with pytest.raises(vultr.VultrError, match="500: boom"):
         api.plans()
+    assert double.requests.count(("GET", "/v2/plans")) == 5  # the first try and 4 retries
+
+
+def test_a_create_that_times_out_after_vultr_accepted_it_leaves_exactly_one_vm(double):
+    api = client(double, timeout=0.3, backoff=0)
+    double.late["POST"] = 1.0  # Vultr makes the VM, the answer comes too late
+    made = api.create("fs-syd-5", "syd", "vc2-2c-4gb", 2136)
+    assert [item["label"] for item in double.instances.values()] == ["fs-syd-5"]
+    assert made["id"] in double.instances
+    assert double.requests.count(("POST", "/v2/instances")) == 1
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+def test_a_refused_create_is_sent_again_only_when_vultr_has_no_such_instance(double, status):
+    api = client(double, backoff=0)
+    double.fail(status, times=2, method="POST")
+    made = api.create("fs-syd-6", "syd", "vc2-2c-4gb", 2136)
+    assert [item["label"] for item in double.instances.values()] == ["fs-syd-6"] and made["label"] == "fs-syd-6"
+    # POST, lookup, POST, lookup, POST: never two creates without a lookup between them.
+    posts = [index for index, request in enumerate(double.requests) if request == ("POST", "/v2/instances")]
+    assert len(posts) == 3 and all(("GET", "/v2/instances") in double.requests[a:b] for a, b in zip(posts, posts[1:]))
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_a_create_refused_for_a_reason_that_will_not_pass_is_not_sent_again(double, status):
+    double.fail(status, message="no")
+    with pytest.raises(vultr.VultrError, match=f"{status}: no"):
+        client(double, backoff=0).create("fs-syd-7", "syd", "vc2-2c-4gb", 2136)
+    assert double.requests == [("POST", "/v2/instances")] and not double.instances
 
 
 def test_a_slow_answer_times_out_with_a_clear_error(double):
