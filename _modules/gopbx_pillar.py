@@ -30,6 +30,12 @@ __virtualname__ = "gopbx_pillar"
 # gopbx_secrets hands a minion exactly these, for the formulas of its roles.
 SECRET_DECLARATIONS = ("required_secrets", "optional_secrets")
 MIN_SECRET_LENGTH = 16
+# Secrets go into configuration files (XML, Kamailio's, JSON) and connection URLs:
+# no spaces, quotes or characters those give a meaning, and plain ASCII (Kamailio's
+# libpq logins fail with other bytes). Passwords inside URLs take fewer still.
+SECRET_CHARACTERS = re.compile(r"^[A-Za-z0-9._~+=/$-]+$")
+URL_SECRET_CHARACTERS = re.compile(r"^[A-Za-z0-9._~-]+$")
+URL_SECRETS = ("secrets:postgres:", "secrets:redis:")
 ROLE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
 _HOSTNAME = r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
@@ -194,6 +200,12 @@ def _check_secret(key, value, many=False):
             _fail(key, f"must be {kind} of at least {MIN_SECRET_LENGTH} characters")
         if "change-me" in item.lower():
             _fail(key, "still holds the example's placeholder: set a real secret")
+        if key.startswith(URL_SECRETS) and not URL_SECRET_CHARACTERS.fullmatch(item):
+            _fail(key, "must be made of ASCII letters, digits and . _ ~ - only (it goes into connection URLs; "
+                  "e.g. openssl rand -hex 32)")
+        if not SECRET_CHARACTERS.fullmatch(item):
+            _fail(key, "must be made of ASCII letters, digits and . _ ~ + = / $ - only (no spaces, quotes or "
+                  "characters configuration files give a meaning)")
 
 
 def _secrets(formula, declared, pillar):

@@ -73,10 +73,10 @@ def secret_keys(formula):
 
 
 def _load(path):
-    """The secrets file, rendered as its shebang says (``#!yaml|gpg`` on production)."""
+    """The secrets file, rendered as its shebang says (``#!yaml|gpg`` on production; plain YAML without one)."""
     renderers = salt.loader.render(__opts__, __salt__)  # noqa: F821  (loader dunders)
     data = salt.template.compile_template(
-        path, renderers, "yaml|gpg", __opts__["renderer_blacklist"], __opts__["renderer_whitelist"]  # noqa: F821
+        path, renderers, "yaml", __opts__["renderer_blacklist"], __opts__["renderer_whitelist"]  # noqa: F821
     )
     return data if isinstance(data, dict) else {}
 

@@ -245,6 +245,10 @@ def test_lab_needs_no_interface(lowstate):
     ({"redis": "512"}, "redis"),
     ({"redis": {"required_secrets": []}}, "redis"),
     ({"secrets": {"postgres": {"salt": "short"}}}, "secrets:postgres:salt"),
+    ({"secrets": {"postgres": {"salt": "pässwörd-with-umlauts-1234"}}}, "secrets:postgres:salt"),
+    ({"secrets": {"redis": {"password": "has@an-at-sign-and/slash-1234"}}}, "secrets:redis:password"),
+    ({"secrets": {"freeswitch": {"esl_password": "quote\"d-<xml>-secret-1234"}}}, "secrets:freeswitch:esl_password"),
+    ({"secrets": {"api": {"jwt_key": "with spaces in the signing key"}}}, "secrets:api:jwt_key"),
     ({"kamailio": {"max_contacts": 0}}, "kamailio:max_contacts"),
 ])
 def test_bad_pillar_fails_the_render_naming_the_key(env, override, key):

@@ -22,5 +22,5 @@ def lab():
     proc = subprocess.run([str(REPO / "scripts" / "lab"), "up"], capture_output=True, text=True, check=False,
                           timeout=1800)
     assert proc.returncode == 0, f"lab up failed:\n{proc.stdout}\n{proc.stderr}"
-    site = yaml.safe_load((REPO / ".lab" / "pillar" / "site" / "lab.sls").read_text())
+    site = yaml.safe_load((REPO / ".lab" / "secrets.sls").read_text())
     return {"secrets": site["secrets"], "output": proc.stdout, "seconds": time.monotonic() - started}
