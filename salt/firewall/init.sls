@@ -1,6 +1,7 @@
 {#- ufw: deny what is not allowed; the roles' public ports from anywhere, their
     control ports only from the private networks (saltext-ufw's states). Rules go
-    in before ufw is enabled, so SSH stays open. #}
+    in before ufw is enabled, so SSH stays open; the default policy (deny incoming,
+    ufw's own default too) is asserted once ufw runs: saltext-ufw sets it only then. #}
 {%- from 'firewall/map.jinja' import firewall with context %}
 {%- if firewall.enabled %}
 
@@ -8,12 +9,6 @@ firewall-ufw-pkg-installed:
   pkg.installed:
     - name: ufw
 
-firewall-incoming-denied:
-  ufw.default_policy:
-    - policy: deny
-    - direction: incoming
-    - require:
-      - pkg: firewall-ufw-pkg-installed
 
 {%- for spec in firewall.public %}
 {%-   set port, proto = spec.split('/') %}
@@ -44,10 +39,31 @@ firewall-private-{{ spec }}-from-{{ source }}-allowed:
     - require_in:
       - ufw: firewall-ufw-enabled
 {%-   endfor %}
+
+{#- The salt-master's side of this minion's connections (4505/4506): they were
+    opened before ufw ran, so its connection tracking sees them mid-stream, as new
+    packets, which the default deny would drop and leave the minion deaf. #}
+firewall-salt-master-from-{{ source }}-allowed:
+  ufw.rule_present:
+    - src: {{ source }}
+    - sport: '4505:4506'
+    - proto: tcp
+    - comment: gopbx salt-master
+    - require:
+      - pkg: firewall-ufw-pkg-installed
+    - require_in:
+      - ufw: firewall-ufw-enabled
 {%- endfor %}
 
 firewall-ufw-enabled:
   ufw.enabled:
     - require:
-      - ufw: firewall-incoming-denied
+      - pkg: firewall-ufw-pkg-installed
+
+firewall-incoming-denied:
+  ufw.default_policy:
+    - policy: deny
+    - direction: incoming
+    - require:
+      - ufw: firewall-ufw-enabled
 {%- endif %}

@@ -136,11 +136,12 @@ kamailio-logrotate-managed:
 {%- set database = kamailio.plan.pgbouncer ~ '/5432' %}
 kamailio-database-reachable:
   cmd.run:
-    - name: >-
-        for attempt in $(seq 150); do (exec 3<>/dev/tcp/{{ database }}) 2>/dev/null && exit 0; sleep 2; done;
-        echo "pgBouncer at {{ database }} did not answer in 5 minutes" >&2; exit 1
+    - name: exec 3<>/dev/tcp/{{ database }}
     - shell: /bin/bash
     - unless: bash -c 'exec 3<>/dev/tcp/{{ database }}'
+    - retry:
+        attempts: 150
+        interval: 2
 
 kamailio-service-running:
   service.running:
@@ -153,5 +154,5 @@ kamailio-service-running:
       - file: kamailio-tls-config-managed
       - file: kamailio-defaults-managed
 {%- if not kamailio.tls_certificate %}
-      - cmd: kamailio-tls-self-signed-created
+      - x509: kamailio-tls-self-signed-created
 {%- endif %}

@@ -39,7 +39,7 @@ nginx-config-managed:
     - check_cmd: nginx -q -t -c
     - require:
       - pkg: nginx-pkg-installed
-      - cmd: nginx-self-signed-certificate-created
+      - x509: nginx-self-signed-certificate-created
 
 nginx-service-running:
   service.running:

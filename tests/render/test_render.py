@@ -186,7 +186,14 @@ def test_production_internal_network_holds_every_plan_address(rendered):
 
 def firewall_rules(lowstate, minion_id):
     return {(chunk.get("src", "any"), chunk["dport"] + "/" + chunk["proto"]) for chunk in lowstate(minion_id)
-            if chunk["state"] == "ufw" and chunk["fun"] == "rule_present"}
+            if chunk["state"] == "ufw" and chunk["fun"] == "rule_present" and "dport" in chunk}
+
+
+def test_every_host_takes_its_salt_masters_packets_from_the_private_networks_only(lowstate):
+    for minion_id in ("coord-syd-1", "kam-mel-1", "fs-syd-1", "pgrep-syd-1"):
+        master = [(chunk["src"], chunk["sport"], chunk["proto"]) for chunk in lowstate(minion_id)
+                  if chunk["state"] == "ufw" and "sport" in chunk]
+        assert sorted(master) == [("10.28.0.0/20", "4505:4506", "tcp"), ("172.28.0.0/24", "4505:4506", "tcp")]
 
 
 def test_the_firewall_opens_the_seeds_public_ports_and_control_ports_only_privately(lowstate):
@@ -200,9 +207,9 @@ def test_the_firewall_opens_the_seeds_public_ports_and_control_ports_only_privat
         (net, port) for net in private for port in ("5080/udp", "5080/tcp", "8021/tcp", "16384:32768/udp")}
     assert ("any", "2223/udp") not in coordinator
     chunks = [chunk for chunk in lowstate("kam-mel-1") if chunk["state"] == "ufw"]
-    # ufw is enabled last, after every rule (SSH stays open) and the default deny.
-    enabled = next(chunk for chunk in chunks if chunk["fun"] == "enabled")
-    assert {"ufw": "firewall-incoming-denied"} in enabled["require"]
+    # ufw is enabled after every rule (SSH stays open), then its default deny is asserted.
+    policy = next(chunk for chunk in chunks if chunk["fun"] == "default_policy")
+    assert policy["policy"] == "deny" and {"ufw": "firewall-ufw-enabled"} in policy["require"]
     assert all({"ufw": "firewall-ufw-enabled"} in chunk["require_in"] for chunk in chunks
                if chunk["fun"] == "rule_present")
 

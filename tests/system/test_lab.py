@@ -1,7 +1,9 @@
 """The single-host lab: applied for real, idempotent, and its data tier works as specified."""
 
+import grp
 import json
 import os
+import pwd
 import secrets as token
 import socket
 import subprocess
@@ -236,3 +238,42 @@ def test_a_stopped_service_is_started_by_the_next_apply(lab):
     started = [value for value in result.values() if value["__id__"] == "redis-server-service-running"][0]
     assert started["result"] is True and started["changes"] == {"redis-server": True}
     assert redis_cli("PING", password=lab["secrets"]["redis"]["password"]) == "PONG"
+
+
+def certificate_names(path):
+    return subprocess.run(["openssl", "x509", "-in", path, "-noout", "-subject", "-ext", "subjectAltName"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_a_changed_tls_common_name_reissues_the_self_signed_certificate(lab):
+    """x509_v2 compares the certificate with what pillar asks (the old 'creates:' never looked again)."""
+    state = ["state.sls_id", "kamailio-tls-self-signed-created", "kamailio"]
+    key_before = open("/etc/kamailio/tls/key.pem").read()
+    try:
+        _, result = salt_call(LAB_CONFIG, *state, 'pillar={"kamailio": {"tls_common_name": "sip2.lab.gopbx.invalid"}}')
+        assert all(value["result"] is True for value in result.values())
+        assert "sip2.lab.gopbx.invalid" in certificate_names("/etc/kamailio/tls/cert.pem")
+        assert open("/etc/kamailio/tls/key.pem").read() == key_before  # the key stays
+    finally:
+        salt_call(LAB_CONFIG, *state)
+    names = certificate_names("/etc/kamailio/tls/cert.pem")
+    assert "CN = sip.lab.gopbx.invalid" in names and "DNS:sip.lab.gopbx.invalid" in names
+
+
+# Files that hold a password or key, and the one account (besides root) that may read each.
+SECRET_FILES = {
+    "/etc/kamailio/kamailio.cfg": "kamailio", "/etc/kamailio/tls/key.pem": "kamailio",
+    "/etc/gopbx/api.json": "gopbx-api", "/etc/pgbouncer/userlist.txt": "postgres",
+    "/etc/redis/redis.conf": "redis", "/etc/salt/master.d/gopbx-runner.conf": "root",
+}
+
+
+@pytest.mark.parametrize("path,reader", SECRET_FILES.items(), ids=list(SECRET_FILES))
+def test_files_with_secrets_are_readable_by_their_service_alone(lab, path, reader):
+    info = os.stat(path)
+    assert info.st_mode & 0o007 == 0, f"{path} is readable by others: {oct(info.st_mode)}"
+    owner, group = pwd.getpwuid(info.st_uid).pw_name, grp.getgrgid(info.st_gid)
+    assert owner in ("root", reader)
+    if info.st_mode & 0o040:  # the group may read: it must be the service's own, with nobody else in it
+        members = set(group.gr_mem) | {user.pw_name for user in pwd.getpwall() if user.pw_gid == info.st_gid}
+        assert members <= {reader}, f"{path}: group {group.gr_name} also holds {members - {reader}}"
