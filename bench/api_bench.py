@@ -29,13 +29,13 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import requests
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "api"))
 
 from gopbx_api.passwords import hash_password  # noqa: E402
+from tests import support  # noqa: E402
 from tests.system import sip  # noqa: E402
 
 API = "http://127.28.0.30:8080"
@@ -50,7 +50,7 @@ LOOKUP_SQL = ("SELECT e.number, e.caller_id_name, s.ha1 FROM gopbx.extensions e 
 
 
 def lab_secrets():
-    return yaml.safe_load((REPO / ".lab" / "pillar" / "site" / "lab.sls").read_text())["secrets"]
+    return support.lab_secrets()
 
 
 def token(secrets):

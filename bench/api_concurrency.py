@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import requests
-import yaml
 from api_bench import rate_and_percentiles, run_together  # the lookup benchmark's client timing
+from api_bench import support  # the tree's test helpers, on the path api_bench sets
 
 REPO = Path(__file__).resolve().parent.parent
 NGINX, NAME, API = "127.28.0.13", "api.gopbx.au", ("127.28.0.30", 8080)
@@ -32,7 +32,7 @@ PATH = "/v1/tenants?limit=5"
 
 
 def token():
-    secrets = yaml.safe_load((REPO / ".lab" / "pillar" / "site" / "lab.sls").read_text())["secrets"]
+    secrets = support.lab_secrets()
     reply = requests.post(f"http://{API[0]}:{API[1]}/v1/token", timeout=30,
                           json={"username": "admin", "password": secrets["api"]["admin_password"]})
     reply.raise_for_status()

@@ -36,9 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml  # noqa: E402
 
 from tests.system import sip, sipclient  # noqa: E402
+from tests import support  # noqa: E402
 from tests.support import REPO, salt_call  # noqa: E402
 
 LAB_CONFIG = REPO / ".lab" / "etc" / "salt"
@@ -275,7 +275,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     options = parser.parse_args()
-    secrets = yaml.safe_load((REPO / ".lab" / "pillar" / "site" / "lab.sls").read_text())["secrets"]
+    secrets = support.lab_secrets()
     workdir = tempfile.mkdtemp(prefix="gopbx-bench-")
     shutil.chown(workdir, "kamailio", "kamailio")
     os.chmod(workdir, 0o755)

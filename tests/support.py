@@ -4,9 +4,8 @@ import importlib.util
 import json
 import secrets
 import subprocess
+import time
 from pathlib import Path
-
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
@@ -19,6 +18,16 @@ def load_module(folder, name, alias=None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+LAB_SECRETS = REPO / ".lab" / "secrets.sls"
+
+
+def lab_secrets():
+    """The single-host lab's throwaway secrets (scripts/lab makes them on its first run)."""
+    import yaml  # here: tests/system/sip.py, which imports this module, also runs in the API's venv
+
+    return yaml.safe_load(LAB_SECRETS.read_text())["secrets"]
 
 
 def fake_secrets():
@@ -41,6 +50,8 @@ def master_config(site_dir, secrets, site_pillar=None, lab=False, **overrides):
     this checkout, the site (secrets.sls, pillar/site/au.sls) under ``site_dir``.
     ``lab`` adds the labs' file and pillar roots, as the lab configurations do.
     """
+    import yaml
+
     site_dir = Path(site_dir)
     (site_dir / "pillar" / "site").mkdir(parents=True, exist_ok=True)
     (site_dir / "secrets.sls").write_text(json.dumps({"secrets": secrets}))
@@ -67,6 +78,17 @@ def salt_call(config_dir, *args, minion_id=None, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"salt-call {' '.join(args)} failed ({proc.returncode}): {value}")
     return proc.returncode, value
+
+
+def wait_for(check, timeout=15, interval=0.1):
+    """Call check until it returns something true (returned) or timeout seconds pass (its last value)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    return check()
 
 
 def sse_events(lines):

@@ -8,12 +8,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 from fastapi.testclient import TestClient
 
 from gopbx_api import passwords
 from gopbx_api.app import create_app
 from gopbx_api.settings import Settings
+from tests import support
 from tests.system import sip
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ def lab_secrets():
     proc = subprocess.run([str(REPO / "scripts" / "lab"), "up"], capture_output=True, text=True, check=False,
                           timeout=1800)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return yaml.safe_load((REPO / ".lab" / "pillar" / "site" / "lab.sls").read_text())["secrets"]
+    return support.lab_secrets()
 
 
 def make_settings(lab_secrets, keys, **extra):

@@ -16,22 +16,13 @@ from gopbx_api import auth
 from gopbx_api.app import create_app
 from gopbx_api.call_events import CallEvents
 from tests.doubles.event_socket import EventSocketDouble
+from tests.support import wait_for
 from tests.support import sse_events
 
 SUFFIX = ".apitest.invalid"
 T, OTHER = "calls" + SUFFIX, "other-calls" + SUFFIX
 NODE, NODE_ADDRESS = "fs-apitest-7", "127.0.0.7"
 ESL_PASSWORD = "esl-double-password"
-
-
-def wait_for(check, seconds=5.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    return check()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from tests.render.checkers import free_port
-from tests.support import REPO, fake_secrets, load_module, master_config
+from tests.support import REPO, fake_secrets, load_module, master_config, wait_for
 from tests.system import sip
 from tests.system.conftest import lab  # noqa: F401  (the lab, brought up by its own command)
 
@@ -99,15 +99,6 @@ def minion(master, minion_id):
 def fire(factory, payload):
     result = factory.salt_call_cli().run("event.send", TAG, json.dumps(payload))
     assert result.returncode == 0, result.stderr
-
-
-def wait_for(check, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
 
 
 def apply_ready(node, address, fails=False):

@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 
 from tests.doubles.vultr import VultrDouble
 from tests.integration.test_freeswitch_registration import (  # noqa: F401  (fixtures)
-    HASH, dispatcher_uris, fire, lab, master, minion, node_rows, secrets, wait_for)
+    HASH, dispatcher_uris, fire, lab, master, minion, node_rows, secrets)
 from tests.system import sip
-from tests.support import REPO, load_module
+from tests.support import REPO, load_module, wait_for
 
 KEY = "vultr-double-key"
 

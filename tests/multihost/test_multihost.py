@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import REPO
+from tests.support import REPO, wait_for
 
 MLAB = REPO / "scripts" / "mlab"
 TOPOLOGY = yaml.safe_load((REPO / "lab" / "mlab" / "topology.yaml").read_text())["mlab"]
@@ -112,16 +112,15 @@ def test_media_nodes_register_through_the_masters_reactor_on_their_first_highsta
     # double) and freeswitch.ready; the master's reactor handed each ready event to
     # gopbx.register, whose settings the salt_master formula wrote (without them:
     # "master config key 'gopbx' lacks database_dsn, ..."). Kamailio probes them.
-    deadline = time.monotonic() + 60
-    while True:
-        nodes = master_json("salt-run", "gopbx.nodes")
-        if all(nodes.get(name, {}).get("kamailio") == "AP" for name in FS_MACHINES):
-            break
-        assert time.monotonic() < deadline, nodes
-        time.sleep(2)
+    def nodes():
+        return master_json("salt-run", "gopbx.nodes")
+
+    assert wait_for(lambda: all(nodes().get(name, {}).get("kamailio") == "AP" for name in FS_MACHINES),
+                    timeout=60, interval=2), nodes()
+    registered = nodes()
     for name in FS_MACHINES:
-        assert nodes[name]["address"] == TOPOLOGY["machines"][name] and nodes[name]["setid"] == 1, nodes
-        assert nodes[name]["state"] == "active"
+        assert registered[name]["address"] == TOPOLOGY["machines"][name] and registered[name]["setid"] == 1
+        assert registered[name]["state"] == "active"
 
 
 E2E_TENANT, E2E_PASSWORD = "e2e.mlab.invalid", "Mlab-Device-Pass-42"
@@ -210,10 +209,8 @@ def test_salt_cloud_on_the_master_makes_and_destroys_a_media_node(lab):
                    "--api-key-file", "/etc/salt/vultr-api-key")
     assert started.returncode == 0, started.stderr
     try:
-        deadline = time.monotonic() + 30
-        while mlab("run", "coord-syd-1", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8099").returncode != 0:
-            assert time.monotonic() < deadline, "the Vultr double did not start"
-            time.sleep(1)
+        assert wait_for(lambda: mlab("run", "coord-syd-1", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8099")
+                        .returncode == 0, timeout=30, interval=1), "the Vultr double did not start"
         made = mlab("master", "salt-cloud", "-p", "freeswitch", "fs-syd-3", "--out=json")
         assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
         assert "fs-syd-3" in master_json("salt-key", "--list=all")["minions"]
@@ -243,10 +240,8 @@ def test_a_minion_with_an_unexpected_id_is_not_accepted_and_gets_nothing(lab):
     start = ("mkdir -p /tmp/evil && printf 'id: evil-1\\nmaster: salt.gopbx.internal\\nroot_dir: /tmp/evil\\n' "
              "> /tmp/evil/minion && salt-minion -c /tmp/evil -d")
     assert mlab("run", "fs-syd-2", "bash", "-c", start).returncode == 0
-    deadline = time.monotonic() + 60
-    while "evil-1" not in master_json("salt-key", "--list=all").get("minions_pre", []):
-        assert time.monotonic() < deadline, "evil-1's key never reached the master"
-        time.sleep(2)
+    assert wait_for(lambda: "evil-1" in master_json("salt-key", "--list=all").get("minions_pre", []),
+                    timeout=60, interval=2), "evil-1's key never reached the master"
     # The lab's own key step accepts only the topology's machines.
     up = mlab("up", "--no-highstate")
     assert up.returncode == 0 and "left unaccepted (not in the topology): evil-1" in up.stdout
@@ -282,29 +277,10 @@ def pid_namespaces():
     return found
 
 
-def test_teardown_leaves_nothing_behind(lab):
-    # The machines' PID namespaces: those of the processes under each systemd-nspawn.
-    nspawns = subprocess.run(["pgrep", "-f", "systemd-nspawn"], capture_output=True, text=True).stdout.split()
-    ours = os.readlink("/proc/self/ns/pid")
-    namespaces = pid_namespaces()
-    lab = {namespace for pid, namespace in namespaces.items() if namespace != ours
-           and any(f"/{nspawn}/" in "/".join(["", *ancestry(pid), ""]) for nspawn in nspawns)}
-    assert len(lab) == len(TOPOLOGY["machines"]), lab
-    assert mlab("down").returncode == 0
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert "mlab-" not in namespaces and "gopbx-mlab" not in namespaces
-    assert str(STATE / "machines") not in Path("/proc/mounts").read_text()
-    processes = subprocess.run(["pgrep", "-f", "systemd-nspawn"], capture_output=True, text=True).stdout
-    assert processes.strip() == ""
-    # Nor any process of a machine (a killed nspawn once left its machine's systemd running).
-    assert [pid for pid, namespace in pid_namespaces().items() if namespace in lab] == []
-    assert not (STATE / "machines").exists() or not any((STATE / "machines").iterdir())
+OUTSIDE_NS = "gopbx-outside"
 
 
-OUTSIDE_NS = "gopbx-mlab-outside"
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture
 def outside(lab):
     """A host on the internet's side: on the lab's bridge, outside the region's private network (the VPC)."""
     run = lambda *command: subprocess.run(command, check=True)  # noqa: E731
@@ -386,3 +362,23 @@ def test_every_machine_runs_ufw_denying_what_is_not_allowed(lab):
     for name in TOPOLOGY["machines"]:
         status = mlab("run", name, "ufw", "status", "verbose").stdout
         assert "Status: active" in status and "deny (incoming)" in status, f"{name}: {status}"
+
+
+def test_teardown_leaves_nothing_behind(lab):
+    # The machines' PID namespaces: those of the processes under each systemd-nspawn.
+    nspawns = subprocess.run(["pgrep", "-f", "systemd-nspawn"], capture_output=True, text=True).stdout.split()
+    ours = os.readlink("/proc/self/ns/pid")
+    namespaces = pid_namespaces()
+    lab = {namespace for pid, namespace in namespaces.items() if namespace != ours
+           and any(f"/{nspawn}/" in "/".join(["", *ancestry(pid), ""]) for nspawn in nspawns)}
+    assert len(lab) == len(TOPOLOGY["machines"]), lab
+    assert mlab("down").returncode == 0
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "mlab-" not in namespaces and "gopbx-mlab" not in namespaces
+    assert str(STATE / "machines") not in Path("/proc/mounts").read_text()
+    processes = subprocess.run(["pgrep", "-f", "systemd-nspawn"], capture_output=True, text=True).stdout
+    assert processes.strip() == ""
+    # Nor any process of a machine (a killed nspawn once left its machine's systemd running).
+    assert [pid for pid, namespace in pid_namespaces().items() if namespace in lab] == []
+    assert not (STATE / "machines").exists() or not any((STATE / "machines").iterdir())
+

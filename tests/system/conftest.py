@@ -7,9 +7,8 @@ import subprocess
 import time
 
 import pytest
-import yaml
 
-from tests.support import REPO
+from tests.support import REPO, lab_secrets
 
 LAB_CONFIG = REPO / ".lab" / "etc" / "salt"
 PLAN = {"postgres": "127.28.0.10", "redis": "127.28.0.11", "pgbouncer": "127.28.0.12"}
@@ -22,5 +21,4 @@ def lab():
     proc = subprocess.run([str(REPO / "scripts" / "lab"), "up"], capture_output=True, text=True, check=False,
                           timeout=1800)
     assert proc.returncode == 0, f"lab up failed:\n{proc.stdout}\n{proc.stderr}"
-    site = yaml.safe_load((REPO / ".lab" / "secrets.sls").read_text())
-    return {"secrets": site["secrets"], "output": proc.stdout, "seconds": time.monotonic() - started}
+    return {"secrets": lab_secrets(), "output": proc.stdout, "seconds": time.monotonic() - started}

@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg2
 import requests
 
-from tests.support import REPO
+from tests.support import REPO, wait_for  # noqa: F401  (sip.wait_for, for the SIP tests)
 
 KAMAILIO = ("127.0.0.1", 5060)
 KAMAILIO_TLS = ("127.0.0.1", 5061)
@@ -389,13 +389,3 @@ def standins(*addresses):
     finally:
         for process in running.values():
             process.stop()
-
-
-def wait_for(predicate, timeout=15, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
