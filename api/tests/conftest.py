@@ -4,8 +4,6 @@ the lab is brought up by the README's lab command, as for the system tests.
 """
 
 import secrets
-import subprocess
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,20 +11,16 @@ from fastapi.testclient import TestClient
 from gopbx_api import passwords
 from gopbx_api.app import create_app
 from gopbx_api.settings import Settings
-from tests import support
 from tests.system import sip
+from tests.system.conftest import lab  # noqa: F401  (a fixture)
 
-REPO = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "Platform-Admin-Pass-1"
 SUFFIX = ".apitest.invalid"
 
 
 @pytest.fixture(scope="session")
-def lab_secrets():
-    proc = subprocess.run([str(REPO / "scripts" / "lab"), "up"], capture_output=True, text=True, check=False,
-                          timeout=1800)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return support.lab_secrets()
+def lab_secrets(lab):  # noqa: F811  (the system tests' lab fixture: the lab command, once a session)
+    return lab["secrets"]
 
 
 def make_settings(lab_secrets, keys, **extra):
