@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 __virtualname__ = "gopbx_vultr"
 SALT_REPO = "https://packages.broadcom.com/artifactory/saltproject-deb"
 SALT_KEY_URL = "https://packages.broadcom.com/artifactory/api/security/keypair/SaltProjectKey/public"
+# What the states need in Salt's own Python besides Salt (as in requirements/salt.txt):
+# the pillar schemas' validator and the ufw states.
+SALT_EXTENSIONS = ["jsonschema==4.26.0", "saltext-ufw==0.8.3"]
 MEDIA_NODE = re.compile(r"^fs-[a-z]+-[0-9]+$")
 
 
@@ -168,6 +171,7 @@ def user_data(name, master, private_key, public_key, salt_version="3008"):
             ["curl", "-fsSL", "-o", "/etc/apt/keyrings/salt-archive-keyring.pgp", SALT_KEY_URL],
             ["apt-get", "update"],
             ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "salt-minion"],
+            ["salt-pip", "install", *SALT_EXTENSIONS],
             ["systemctl", "enable", "--now", "salt-minion"],
         ],
     }

@@ -85,6 +85,11 @@ def test_a_media_node_is_created_joins_and_is_destroyed(master, secrets, cloud, 
                            "startup_states": "highstate"}
     assert "git" not in yaml.safe_dump(document["runcmd"])
     assert ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "salt-minion"] in document["runcmd"]
+    # Salt's Python gets what the states import, at the versions the tree pins, before the minion starts.
+    pinned = [line for line in (REPO / "requirements" / "salt.txt").read_text().splitlines()
+              if line.startswith(("jsonschema==", "saltext-ufw=="))]
+    install = document["runcmd"].index(["salt-pip", "install", *pinned])
+    assert install < document["runcmd"].index(["systemctl", "enable", "--now", "salt-minion"])
     assert accepted_key(master, "fs-syd-7") == files["/etc/salt/pki/minion/minion.pub"]
 
     # The VM boots: a minion with exactly that identity joins, its key already accepted.

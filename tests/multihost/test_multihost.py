@@ -124,7 +124,7 @@ def test_media_nodes_register_through_the_masters_reactor_on_their_first_highsta
 
 
 E2E_TENANT, E2E_PASSWORD = "e2e.mlab.invalid", "Mlab-Device-Pass-42"
-DEVICES = "pgrep-syd-1"  # the devices' side: SIPp on a machine outside the SIP edge
+# The devices are on the internet's side: SIPp in the outside namespace (see `outside`), through the public ports.
 # RTPEngine's own count of relayed packets, read on the coordinator with the SIP tests' helper.
 RTPENGINE_RELAYED = ("import sys; sys.path.insert(0, '/srv/gopbx'); from tests.system.sip import "
                      "rtpengine_relayed_packets; print(rtpengine_relayed_packets(('172.28.0.1', 2223)))")
@@ -157,36 +157,39 @@ for number in ("1001", "1002"):
     return E2E_TENANT
 
 
+def on_devices(*command):
+    return subprocess.run(["ip", "netns", "exec", OUTSIDE_NS, *command], capture_output=True, text=True,
+                          check=False, timeout=120)
+
+
 def sipp_on_devices(*args):
-    return mlab("run", DEVICES, "sipp", "10.28.0.2:5060", "-i", TOPOLOGY["machines"][DEVICES],
-                "-ci", TOPOLOGY["machines"][DEVICES], "-m", "1",
-                "-nostdin", "-timeout", "30s", "-timeout_error", *args, timeout=120)
+    return on_devices("sipp", "10.28.0.2:5060", "-i", TOPOLOGY["outside"], "-ci", TOPOLOGY["outside"], "-m", "1",
+                      "-nostdin", "-timeout", "30s", "-timeout_error", *args)
 
 
-def test_a_call_goes_from_a_device_through_kamailio_and_a_media_node_to_another_device(e2e_tenant):
+def test_a_call_goes_from_a_device_through_kamailio_and_a_media_node_to_another_device(e2e_tenant, outside,
+                                                                                        tmp_path):
     from tests.system import sip  # the SIPp scenarios of the single-host lab's SIP tests
 
-    # (not /tmp: the machine mounts its own tmpfs there)
-    here = STATE / "machines" / DEVICES / "root" / "var" / "tmp" / "gopbx-e2e"
-    here.mkdir(parents=True, exist_ok=True)
+    here = tmp_path
     (here / "register.xml").write_text(sip.register_scenario("200"))
     (here / "call.xml").write_text(sip.call_scenario(hold_ms=3000, rtp=True))
     (here / "callee.xml").write_text((REPO / "tests/system/scenarios/callee.xml").read_text())
-    address = TOPOLOGY["machines"][DEVICES]
+    address = TOPOLOGY["outside"]
     # 1002 registers from the socket it answers on, then waits for a call there.
-    registered = sipp_on_devices("-sf", "/var/tmp/gopbx-e2e/register.xml", "-p", "5090", "-au", "1002", "-ap",
+    registered = sipp_on_devices("-sf", here / "register.xml", "-p", "5090", "-au", "1002", "-ap",
                                  E2E_PASSWORD, "-key", "tenant", e2e_tenant, "-key", "user", "1002",
                                  "-key", "contact_host", f"{address}:5090")
     assert registered.returncode == 0, registered.stdout[-2000:] + registered.stderr[-2000:]
-    callee = mlab("run", DEVICES, "sipp", "-sf", "/var/tmp/gopbx-e2e/callee.xml", "-i", address, "-p", "5090",
-                  "-mi", address, "-ci", address, "-rtp_echo", "-m", "1", "-bg", "-trace_msg", "-message_file",
-                  "/var/tmp/gopbx-e2e/callee.log")
+    callee = on_devices("sipp", "-sf", here / "callee.xml", "-i", address, "-p", "5090",
+                        "-mi", address, "-ci", address, "-rtp_echo", "-m", "1", "-bg", "-trace_msg", "-message_file",
+                        here / "callee.log")
     assert "Background mode" in callee.stdout, callee.stdout + callee.stderr  # SIPp's -bg parent exits 99
     before = int(api_on_coordinator(RTPENGINE_RELAYED))
     # 1001 calls 1002 with RTP: Kamailio, a media node (its dialplan from the API), Kamailio, 1002.
-    called = sipp_on_devices("-sf", "/var/tmp/gopbx-e2e/call.xml", "-p", "5070", "-s", "1002", "-au", "1001", "-ap",
+    called = sipp_on_devices("-sf", here / "call.xml", "-p", "5070", "-s", "1002", "-au", "1001", "-ap",
                              E2E_PASSWORD, "-key", "tenant", e2e_tenant, "-key", "user", "1001",
-                             "-trace_msg", "-message_file", "/var/tmp/gopbx-e2e/caller.log")
+                             "-trace_msg", "-message_file", here / "caller.log")
     assert called.returncode == 0, (here / "caller.log").read_text()[-4000:] if (here / "caller.log").exists() \
         else called.stdout[-2000:]
     relayed = int(api_on_coordinator(RTPENGINE_RELAYED)) - before
@@ -307,20 +310,21 @@ if kind == "tcp":
     with socket.socket() as sock:
         sock.settimeout(3)
         print("open" if sock.connect_ex((address, port)) == 0 else "closed")
-else:  # udp: RTPEngine's ng ping, or SIP OPTIONS; open means it answered
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(3)
-        sock.connect((address, port))
-        message = (b"ufw1 d7:command4:pinge" if kind == "ng" else
-                   b"OPTIONS sip:" + address.encode() + b" SIP/2.0\\r\\nVia: SIP/2.0/UDP " +
-                   sock.getsockname()[0].encode() + b":%d;branch=z9hG4bK-ufw\\r\\nFrom: <sip:probe@x>;tag=1\\r\\n"
-                   b"To: <sip:" + address.encode() + b">\\r\\nCall-ID: ufw-probe\\r\\nCSeq: 1 OPTIONS\\r\\n"
-                   b"Max-Forwards: 70\\r\\nContent-Length: 0\\r\\n\\r\\n" % sock.getsockname()[1])
-        sock.send(message)
-        try:
-            print("open" if sock.recv(4096) else "closed")
-        except OSError:
-            print("closed")
+    sys.exit()
+# UDP: RTPEngine's ng ping, or a SIP OPTIONS; open means it answered.
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    sock.settimeout(3)
+    sock.connect((address, port))
+    here = "%s:%d" % sock.getsockname()
+    options = ("OPTIONS sip:%s SIP/2.0\\r\\nVia: SIP/2.0/UDP %s;branch=z9hG4bK-ufw\\r\\n"
+               "From: <sip:probe@%s>;tag=1\\r\\nTo: <sip:%s>\\r\\nCall-ID: ufw-probe-%s\\r\\n"
+               "CSeq: 1 OPTIONS\\r\\nMax-Forwards: 70\\r\\nContent-Length: 0\\r\\n\\r\\n"
+               % (address, here, here, address, here))
+    sock.send(b"ufw1 d7:command4:pinge" if kind == "ng" else options.encode())
+    try:
+        print("open" if sock.recv(4096) else "closed")
+    except OSError:
+        print("closed")
 """
 COORD, KAM, FS = (TOPOLOGY["machines"][name] for name in ("coord-syd-1", "kam-mel-1", "fs-syd-1"))
 # (what, kind, address, port): the public side of the seed's table, and control ports.
