@@ -32,6 +32,7 @@ import ipaddress
 import json
 import logging
 import os
+import random
 import re
 import socket
 import socketserver
@@ -63,7 +64,9 @@ def load_config():
         acls[network_list.get("name")] = network_list
     profile = params(next(ET.parse(CONFIG / "sofia.conf.xml").getroot().iter("profile")))
     esl = params(ET.parse(CONFIG / "event_socket.conf.xml").getroot())
-    return {"acls": acls, "profile": profile, "esl": esl, "xml_curl": load_bindings()}
+    switch = params(ET.parse(CONFIG / "switch.conf.xml").getroot())
+    rtp_ports = (int(switch.get("rtp-start-port", 16384)), int(switch.get("rtp-end-port", 32768)))
+    return {"acls": acls, "profile": profile, "esl": esl, "xml_curl": load_bindings(), "rtp_ports": rtp_ports}
 
 
 def load_bindings():
@@ -146,13 +149,26 @@ def sdp_for(address, port):
             "a=fmtp:101 0-15\r\na=ptime:20\r\n")
 
 
-class Relay:
-    """RTP between the two legs, on two sockets of the node's own address."""
+def bind_rtp(address, ports):
+    """A UDP socket on an even port of switch.conf's rtp-start-port..rtp-end-port, as FreeSWITCH allocates them."""
+    candidates = list(range(ports[0] + ports[0] % 2, ports[1], 2))
+    random.shuffle(candidates)
+    for port in candidates:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((address, port))
+            return sock
+        except OSError:
+            sock.close()
+    raise OSError(f"no free RTP port in {ports[0]}-{ports[1]}")
 
-    def __init__(self, address):
-        self.sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+
+class Relay:
+    """RTP between the two legs, on two sockets of the node's own address, in its RTP port range."""
+
+    def __init__(self, address, ports):
+        self.sockets = [bind_rtp(address, ports) for _ in range(2)]
         for sock in self.sockets:
-            sock.bind((address, 0))
             sock.settimeout(0.5)
         self.remote = [None, None]
         self.running = True
@@ -342,7 +358,7 @@ class SipDouble:
 
     def bridge(self, call, dial_string, a_body):
         destination, route, variables = sofia_destination(dial_string)
-        call.relay = Relay(self.address)
+        call.relay = Relay(self.address, self.node.config["rtp_ports"])
         a_media = sdp_media(a_body)
         if a_media:
             call.relay.remote[0] = a_media
