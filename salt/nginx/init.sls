@@ -51,6 +51,8 @@ nginx-service-running:
     - watch:
       - file: nginx-config-managed
       - file: nginx-default-site-absent
+      # A reissued certificate (a changed server_name, a renewal) is served at once.
+      - x509: nginx-self-signed-certificate-created
 
 {%- if nginx.certificate == 'letsencrypt' %}
 

@@ -277,3 +277,25 @@ def test_files_with_secrets_are_readable_by_their_service_alone(lab, path, reade
     if info.st_mode & 0o040:  # the group may read: it must be the service's own, with nobody else in it
         members = set(group.gr_mem) | {user.pw_name for user in pwd.getpwall() if user.pw_gid == info.st_gid}
         assert members <= {reader}, f"{path}: group {group.gr_name} also holds {members - {reader}}"
+
+
+def served_certificate(address, name):
+    """The certificate Nginx presents for NAME (what openssl s_client prints holds it)."""
+    return subprocess.run(["openssl", "s_client", "-connect", f"{address}:443", "-servername", name], input="",
+                          capture_output=True, text=True, timeout=30).stdout
+
+
+def test_nginx_serves_a_reissued_certificate_at_once(lab):
+    """A changed server_name reissues the self-signed certificate, and Nginx reloads to serve it."""
+    nginx = "127.28.0.13"
+    try:
+        _, result = salt_call(LAB_CONFIG, "state.sls", "nginx", 'pillar={"nginx": {"server_name": "api2.gopbx.invalid"}}')
+        assert all(value["result"] is True for value in result.values())
+        assert "CN = api2.gopbx.invalid" in subprocess.run(
+            ["openssl", "x509", "-noout", "-subject"], input=served_certificate(nginx, "api2.gopbx.invalid"),
+            capture_output=True, text=True, check=True).stdout
+    finally:
+        salt_call(LAB_CONFIG, "state.sls", "nginx")
+    assert "CN = api.gopbx.au" in subprocess.run(["openssl", "x509", "-noout", "-subject"],
+                                                 input=served_certificate(nginx, "api.gopbx.au"),
+                                                 capture_output=True, text=True, check=True).stdout
