@@ -1,7 +1,8 @@
 """
 A client for Vultr's API v2 (https://www.vultr.com/api/), for the salt-cloud
-driver: instances (create, get, list, delete, wait until active) and the region,
-plan and OS catalogues. Vultr's own error message is surfaced.
+driver and the SIP edge's failover: instances (create, get, list, delete, wait
+until active), the region, plan and OS catalogues, reserved IPs (moved between
+instances of their location) and DNS records. Vultr's own error message is surfaced.
 
 Only idempotent calls are retried as such (urllib3's Retry: 429 and 5xx, with
 exponential backoff honouring Retry-After, and lost connections). A create is
@@ -11,12 +12,14 @@ up first, and creates again only if Vultr has no such instance.
 """
 
 import base64
+import logging
 import time
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+log = logging.getLogger(__name__)
 API_URL = "https://api.vultr.com/v2"
 RETRIED = frozenset({429, 500, 502, 503, 504})
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
@@ -112,6 +115,76 @@ class Vultr:
                 raise VultrError(0, f"instance {instance_id} not active after {timeout} s "
                                     f"(status {instance.get('status')})")
             self.sleep(interval)
+
+    # --- reserved IPs: attach and detach answer at once and finish later ---
+
+    def reserved_ips(self):
+        return self._all("/reserved-ips", "reserved_ips")
+
+    def reserved_ip(self, reserved_ip_id):
+        return self.request("GET", f"/reserved-ips/{reserved_ip_id}")["reserved_ip"]
+
+    def move_reserved_ip(self, reserved_ip_id, instance_id, timeout=30, interval=0.5):
+        """
+        Attach a reserved IP to an instance of its location, detaching it from any
+        other first, and return it once Vultr reports it there. Idempotent: an IP
+        already on the instance costs one GET. While a detach is still finishing,
+        Vultr refuses the attach ("already attached"): poll and try again.
+        """
+        reserved = self.reserved_ip(reserved_ip_id)
+        region = self.instance(instance_id)["region"]
+        if reserved["region"] != region:
+            raise VultrError(400, f"reserved IP {reserved['subnet']} belongs to {reserved['region']}; instance "
+                                  f"{instance_id} is in {region}: move the name (DNS) instead")
+        deadline, last_error = time.monotonic() + timeout, None
+        detached_from, attached = None, False
+        while reserved.get("instance_id") != instance_id:
+            if time.monotonic() >= deadline:
+                raise VultrError(0, f"reserved IP {reserved['subnet']} not on {instance_id} after {timeout} s "
+                                    f"(on {reserved.get('instance_id') or 'nothing'}; last: {last_error})")
+            try:
+                # Each call once: a second detach or attach would only restart Vultr's work.
+                holder = reserved.get("instance_id")
+                if holder and holder != detached_from:
+                    self.request("POST", f"/reserved-ips/{reserved_ip_id}/detach")
+                    detached_from = holder
+                if not attached:
+                    self.request("POST", f"/reserved-ips/{reserved_ip_id}/attach", {"instance_id": instance_id})
+                    attached = True
+            except VultrError as exc:
+                if exc.status not in RETRIED | {0, 400}:
+                    raise
+                last_error = exc
+                log.warning("moving reserved IP %s to %s: %s; trying again", reserved["subnet"], instance_id, exc)
+            self.sleep(interval)
+            reserved = self.reserved_ip(reserved_ip_id)
+        return reserved
+
+    # --- DNS records ---
+
+    def dns_records(self, domain):
+        return self._all(f"/domains/{domain}/records", "records")
+
+    def set_dns_record(self, domain, name, record_type, data, ttl, priority=0):
+        """
+        Make the zone's NAME/TYPE hold exactly one record with DATA (and TTL,
+        priority); return True if anything changed. Idempotent: a record that
+        already matches costs one GET.
+        """
+        wanted = {"name": name, "type": record_type, "data": data, "ttl": ttl, "priority": priority}
+        same = [item for item in self.dns_records(domain) if item["name"] == name and item["type"] == record_type]
+        keep, extra = (same[0], same[1:]) if same else (None, [])
+        changed = bool(extra)
+        for item in extra:
+            self.request("DELETE", f"/domains/{domain}/records/{item['id']}")
+        if keep is None:
+            self.request("POST", f"/domains/{domain}/records", wanted)
+            return True
+        if any(keep.get(key) != value for key, value in wanted.items()):
+            self.request("PATCH", f"/domains/{domain}/records/{keep['id']}",
+                         {key: wanted[key] for key in ("name", "data", "ttl", "priority")})
+            changed = True
+        return changed
 
     def lookup(self, region, plan, os_name):
         """Check a profile's region and plan exist (and that the plan is sold there); the OS id by name."""

@@ -1,7 +1,10 @@
 """
 A DOUBLE of Vultr's API v2 (the real one can't be reached from tests): the
-documented shapes of /instances, /regions, /plans and /os, bearer-key auth, cursor
-pagination, instances that turn active after a few polls, and failures on demand
+documented shapes of /instances, /regions, /plans, /os, /reserved-ips (each in one
+location; attach and detach answer 204 at once and finish after `settle_seconds`,
+and an attach while the IP is still held fails "already attached", as FIELD-NOTES
+records) and /domains/{domain}/records, bearer-key auth, cursor pagination,
+instances that turn active after a few polls, and failures on demand
 (any status with Vultr's {"error", "status"} body, a slow answer, or one that
 comes late after the request was carried out, as when a reply is lost).
 """
@@ -28,6 +31,7 @@ class VultrDouble(ServedDouble):
     def __init__(self, api_key="vultr-double-key", polls_until_active=2, page_size=None, port=0):
         self.api_key, self.polls_until_active, self.page_size = api_key, polls_until_active, page_size
         self.instances, self.requests, self.failures = {}, [], []
+        self.reserved_ips, self.domains, self.settle_seconds = {}, {}, 0.2
         self.delay = 0.0
         # {method: seconds}: wait after acting on such a request, before answering it.
         self.late = {}
@@ -59,6 +63,10 @@ class VultrDouble(ServedDouble):
             return 200, self._page("instances", list(self.instances.values()), query)
         if path == "/v2/instances" and method == "POST":
             return self._create(body)
+        if path.startswith("/v2/reserved-ips"):
+            return self._reserved_ip(method, path, body, query)
+        if path.startswith("/v2/domains/"):
+            return self._dns(method, path, body, query)
         instance_id = path.rsplit("/", 1)[-1]
         if not path.startswith("/v2/instances/") or instance_id not in self.instances:
             return 404, {"error": "Invalid instance-id.", "status": 404}
@@ -87,6 +95,72 @@ class VultrDouble(ServedDouble):
                     "date_created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}
         self.instances[instance["id"]] = instance
         return 202, {"instance": instance}
+
+    def reserve_ip(self, region, subnet, label=""):
+        """A reserved IP of REGION, as the operator would have made it; returns its id."""
+        reserved_id = str(uuid.uuid4())
+        self.reserved_ips[reserved_id] = {"id": reserved_id, "region": region, "ip_type": "v4", "subnet": subnet,
+                                          "subnet_size": 32, "label": label, "instance_id": None, "_pending": None}
+        return reserved_id
+
+    def _settled(self, reserved):
+        pending = reserved["_pending"]
+        if pending and time.monotonic() >= pending[1]:
+            reserved["instance_id"], reserved["_pending"] = pending[0], None
+        return {key: value for key, value in reserved.items() if not key.startswith("_")}
+
+    def _reserved_ip(self, method, path, body, query):
+        parts = path.split("/")[3:]  # after /v2/reserved-ips
+        if not parts and method == "GET":
+            return 200, self._page("reserved_ips", [self._settled(item) for item in self.reserved_ips.values()], query)
+        reserved = self.reserved_ips.get(parts[0]) if parts else None
+        if reserved is None:
+            return 404, {"error": "Invalid reserved IP.", "status": 404}
+        current = self._settled(reserved)
+        if len(parts) == 1 and method == "GET":
+            return 200, {"reserved_ip": current}
+        action = parts[1] if len(parts) == 2 and method == "POST" else None
+        if action == "detach":
+            if not current["instance_id"]:
+                return 400, {"error": "Reserved IP is not attached to a server.", "status": 400}
+            reserved["_pending"] = (None, time.monotonic() + self.settle_seconds)
+            return 204, None
+        if action == "attach":
+            instance = self.instances.get(body.get("instance_id"))
+            if instance is None:
+                return 400, {"error": "Invalid instance-id.", "status": 400}
+            if current["instance_id"] or reserved["_pending"]:
+                return 400, {"error": "Reserved IP is already attached to a server.", "status": 400}
+            if instance["region"] != reserved["region"]:
+                return 400, {"error": "Reserved IP and instance must be in the same location.", "status": 400}
+            reserved["_pending"] = (instance["id"], time.monotonic() + self.settle_seconds)
+            return 204, None
+        return 404, {"error": "Not found.", "status": 404}
+
+    def _dns(self, method, path, body, query):
+        parts = path.split("/")[3:]  # {domain}/records[/{id}]
+        if len(parts) < 2 or parts[1] != "records" or parts[0] not in self.domains:
+            return 404, {"error": "Invalid domain.", "status": 404}
+        records = self.domains[parts[0]]
+        if len(parts) == 2 and method == "GET":
+            return 200, self._page("records", list(records.values()), query)
+        if len(parts) == 2 and method == "POST":
+            if not body.get("type") or "data" not in body or "name" not in body:
+                return 400, {"error": "Missing type, name or data.", "status": 400}
+            record = {"id": str(uuid.uuid4()), "type": body["type"], "name": body["name"], "data": body["data"],
+                      "priority": body.get("priority", 0), "ttl": body.get("ttl", 300)}
+            records[record["id"]] = record
+            return 201, {"record": record}
+        record = records.get(parts[2]) if len(parts) == 3 else None
+        if record is None:
+            return 404, {"error": "Invalid record.", "status": 404}
+        if method == "PATCH":
+            record.update({key: body[key] for key in ("name", "data", "ttl", "priority") if key in body})
+            return 204, None
+        if method == "DELETE":
+            del records[record["id"]]
+            return 204, None
+        return 404, {"error": "Not found.", "status": 404}
 
     def _poll(self, instance_id):
         instance = self.instances[instance_id]
@@ -120,7 +194,7 @@ def _handler(double):
             self.end_headers()
             self.wfile.write(data)
 
-        do_GET = do_POST = do_DELETE = _serve
+        do_GET = do_POST = do_DELETE = do_PATCH = _serve
 
     return Handler
 

@@ -1,6 +1,7 @@
 """The Vultr v2 client (_utils/gopbx_vultr.py) against the Vultr double: shapes, pagination, failures."""
 
 import base64
+import time
 
 import pytest
 
@@ -18,7 +19,8 @@ def double():
 
 
 def client(double, key="vultr-double-key", **kwargs):
-    return vultr.Vultr(key, url=double.url, sleep=lambda seconds: None, **kwargs)
+    kwargs.setdefault("sleep", lambda seconds: None)
+    return vultr.Vultr(key, url=double.url, **kwargs)
 
 
 def test_an_instance_is_created_waited_for_listed_and_destroyed(double):
@@ -113,3 +115,74 @@ def test_an_instance_that_never_becomes_active_times_out(double):
 def test_no_api_key_is_refused_before_any_request():
     with pytest.raises(vultr.VultrError, match="no API key"):
         vultr.Vultr("")
+
+
+# --- reserved IPs and DNS (the SIP edge's public side) ---
+
+
+def two_instances(api, regions=("syd", "syd")):
+    return [api.create(f"kam-{region}-{n}", region, "vc2-2c-4gb", 2136)["id"] for n, region in enumerate(regions)]
+
+
+def test_a_reserved_ip_moves_between_instances_of_its_location_through_a_slow_detach(double):
+    api = client(double, sleep=time.sleep, backoff=0)
+    first, second = two_instances(api)
+    reserved = double.reserve_ip("syd", "103.43.75.51", "sip")
+    assert api.move_reserved_ip(reserved, first, interval=0.05)["instance_id"] == first
+    double.requests.clear()
+    moved = api.move_reserved_ip(reserved, second, interval=0.05)
+    assert moved["instance_id"] == second and api.reserved_ip(reserved)["instance_id"] == second
+    # The attach right after the detach met "already attached" and was tried again once the detach finished.
+    attaches = double.requests.count(("POST", f"/v2/reserved-ips/{reserved}/attach"))
+    assert attaches >= 2 and double.requests.count(("POST", f"/v2/reserved-ips/{reserved}/detach")) >= 1
+
+
+def test_moving_a_reserved_ip_where_it_already_is_changes_nothing(double):
+    api = client(double, sleep=time.sleep, backoff=0)
+    first, _ = two_instances(api)
+    reserved = double.reserve_ip("syd", "103.43.75.51")
+    api.move_reserved_ip(reserved, first, interval=0.05)
+    double.requests.clear()
+    api.move_reserved_ip(reserved, first, interval=0.05)
+    assert [request for request in double.requests if request[0] != "GET"] == []
+
+
+def test_a_reserved_ip_is_never_sent_to_another_location(double):
+    api = client(double, sleep=time.sleep, backoff=0)
+    sydney, melbourne = two_instances(api, ("syd", "mel"))
+    reserved = double.reserve_ip("syd", "103.43.75.51")
+    api.move_reserved_ip(reserved, sydney, interval=0.05)
+    double.requests.clear()
+    with pytest.raises(vultr.VultrError, match="belongs to syd; instance .* is in mel: move the name"):
+        api.move_reserved_ip(reserved, melbourne, interval=0.05)
+    assert [request for request in double.requests if request[0] != "GET"] == []
+    assert api.reserved_ip(reserved)["instance_id"] == sydney
+
+
+def test_a_failing_move_is_retried_and_ends_in_a_clear_error_with_the_ip_on_one_host_at_most(double):
+    api = client(double, sleep=time.sleep, backoff=0, retries=0)
+    first, second = two_instances(api)
+    reserved = double.reserve_ip("syd", "103.43.75.51")
+    api.move_reserved_ip(reserved, first, interval=0.05)
+    double.fail(503, times=3, method="POST", message="try later")
+    assert api.move_reserved_ip(reserved, second, interval=0.05)["instance_id"] == second
+    double.fail(500, times=50, method="POST", message="down")
+    with pytest.raises(vultr.VultrError, match=r"not on .* after 0.3 s \(on .*last: Vultr API 500: down\)"):
+        api.move_reserved_ip(reserved, first, timeout=0.3, interval=0.05)
+    assert api.reserved_ip(reserved)["instance_id"] in (second, None)
+
+
+def test_a_dns_record_is_set_once_and_updated_only_when_it_differs(double):
+    api = client(double, sleep=time.sleep, backoff=0)
+    double.domains["gopbx.au"] = {}
+    assert api.set_dns_record("gopbx.au", "sip", "A", "103.43.75.51", 30) is True
+    double.requests.clear()
+    assert api.set_dns_record("gopbx.au", "sip", "A", "103.43.75.51", 30) is False
+    assert [request for request in double.requests if request[0] != "GET"] == []
+    assert api.set_dns_record("gopbx.au", "sip", "A", "45.76.112.9", 30) is True
+    records = [item for item in api.dns_records("gopbx.au") if item["name"] == "sip"]
+    assert [(item["type"], item["data"], item["ttl"]) for item in records] == [("A", "45.76.112.9", 30)]
+    # Two records for one name (a half-done earlier run) end as one.
+    api.request("POST", "/domains/gopbx.au/records", {"name": "sip", "type": "A", "data": "192.0.2.1", "ttl": 30})
+    assert api.set_dns_record("gopbx.au", "sip", "A", "45.76.112.9", 30) is True
+    assert [item["data"] for item in api.dns_records("gopbx.au") if item["name"] == "sip"] == ["45.76.112.9"]
