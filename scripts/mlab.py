@@ -47,7 +47,7 @@ BASE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "iproute2", "ifupdown", "ipu
 ROLE_PACKAGES = ["rsyslog", "postgresql-15", "postgresql-client-15", "pgbouncer", "redis-server",
                  "kamailio", "kamailio-postgres-modules", "kamailio-tls-modules", "kamailio-redis-modules",
                  "kamailio-xml-modules", "rtpengine-daemon", "nginx", "openssl", "sip-tester",
-                 "python3-dev", "gcc", "libpq-dev", "logrotate", "ufw"]
+                 "python3-dev", "gcc", "libpq-dev", "logrotate", "ufw", "gnupg"]
 # Packages enable their services; a fresh VM has none running until Salt says so.
 PACKAGE_SERVICES = ["postgresql", "pgbouncer", "redis-server", "kamailio", "rtpengine-daemon", "nginx"]
 # The Vultr double's port on the coordinator (the lab's salt-cloud talks to it).

@@ -11,6 +11,20 @@
       'allowed_networks': salt_master.allowed_networks,
       'placement': salt_master.placement} } %}
 
+# The region's secrets file is GPG-encrypted (#!yaml|gpg): the master decrypts it
+# with its key in gpg_keydir (etc/salt/master.d/gopbx.conf), readable by root only.
+salt-master-gnupg-pkg-installed:
+  pkg.installed:
+    - name: gnupg
+
+salt-master-gpg-keydir-managed:
+  file.directory:
+    - name: {{ salt_master.config_dir }}/gpgkeys
+    - user: root
+    - mode: '0700'
+    - require:
+      - pkg: salt-master-gnupg-pkg-installed
+
 salt-master-runner-config-managed:
   file.managed:
     - name: {{ salt_master.config_dir }}/master.d/gopbx-runner.conf
