@@ -66,6 +66,10 @@ DEFINITIONS = {
 }
 
 FORMATS = jsonschema.FormatChecker(formats=())
+# JSON Schema counts 5.0 as an integer; a config file would then say "5.0".
+VALIDATOR = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=(
+    jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool))))
 
 
 @FORMATS.checks("ip-address", raises=ValueError)
@@ -245,7 +249,7 @@ def _reason(error):
 
 def _check_schema(formula, merged, schema):
     schema = dict(schema, **{"$defs": {**DEFINITIONS, **(schema.get("$defs") or {})}})
-    validator = jsonschema.Draft202012Validator(schema, format_checker=FORMATS)
+    validator = VALIDATOR(schema, format_checker=FORMATS)
     errors = sorted(validator.iter_errors(merged), key=lambda error: (len(error.absolute_path), list(
         map(str, error.absolute_path))))
     if not errors:

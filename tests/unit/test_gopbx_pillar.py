@@ -100,6 +100,7 @@ BAD = [
     ("redis:maxmemory_mb", "lots", "redis", "pillar key 'redis:maxmemory_mb' must be a positive whole number"),
     ("redis:maxmemory_policy", "random", "redis", "pillar key 'redis:maxmemory_policy' is 'random': 'random' is not one of"),
     ("redis:maxmemory_mb", 5.5, "redis", "pillar key 'redis:maxmemory_mb' must be a positive whole number, got 5.5"),
+    ("redis:maxmemory_mb", 512.0, "redis", "pillar key 'redis:maxmemory_mb' must be a positive whole number, got 512.0"),
     ("redis:maxmemroy_mb", 256, "redis", "pillar key 'redis' has unknown keys maxmemroy_mb (its keys: maxmemory_mb, "),
     ("redis:required_secrets", [], "redis", "pillar key 'redis' has unknown keys required_secrets"),
     ("redis", ["maxmemory_mb"], "redis", "pillar key 'redis' must be a mapping of the redis formula's settings"),

@@ -159,13 +159,14 @@ def test_a_reserved_ip_is_never_sent_to_another_location(double):
     assert api.reserved_ip(reserved)["instance_id"] == sydney
 
 
-def test_a_failing_move_is_retried_and_ends_in_a_clear_error_with_the_ip_on_one_host_at_most(double):
+def test_a_failing_move_is_retried_and_ends_in_a_clear_error_with_the_ip_on_one_host_at_most(double, caplog):
     api = client(double, sleep=time.sleep, backoff=0, retries=0)
     first, second = two_instances(api)
     reserved = double.reserve_ip("syd", "103.43.75.51")
     api.move_reserved_ip(reserved, first, interval=0.05)
     double.fail(503, times=3, method="POST", message="try later")
     assert api.move_reserved_ip(reserved, second, interval=0.05)["instance_id"] == second
+    assert "moving reserved IP 103.43.75.51" in caplog.text and "503: try later; trying again" in caplog.text
     double.fail(500, times=50, method="POST", message="down")
     with pytest.raises(vultr.VultrError, match=r"not on .* after 0.3 s \(on .*last: Vultr API 500: down\)"):
         api.move_reserved_ip(reserved, first, timeout=0.3, interval=0.05)
