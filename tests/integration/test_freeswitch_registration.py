@@ -26,10 +26,7 @@ LAB_API = "http://127.28.0.30:8080"
 
 
 def dispatcher_uris():
-    uris = set()
-    for record in (sip.rpc("dispatcher.list") or {}).get("RECORDS", []):
-        uris |= {target["DEST"]["URI"] for target in record["SET"]["TARGETS"]}
-    return uris
+    return set(sip.dispatcher_flags())
 
 
 def node_rows(secrets):

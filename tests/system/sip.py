@@ -79,6 +79,20 @@ def add_dispatcher_set(secrets, setid, destinations):
                         "VALUES (%s, %s, 0, 0, %s)", (setid, f"sip:{destination}", f"systest stand-in {destination}"))
 
 
+def dispatcher_flags():
+    """{destination URI: Kamailio's flags for it} ('AP': active and probed, 'I': inactive)."""
+    listing = rpc("dispatcher.list") or {}
+    return {dest["DEST"]["URI"]: dest["DEST"]["FLAGS"] for dset in listing.get("RECORDS", [])
+            for dest in dset["SET"]["TARGETS"]}
+
+
+def wait_until_active(destinations, timeout=20):
+    """Until Kamailio's probes have found every destination answering (as it routes only to those)."""
+    active = lambda: all(dispatcher_flags().get(f"sip:{item}", "").startswith("A")  # noqa: E731
+                         for item in destinations)
+    assert wait_for(active, timeout=timeout), dispatcher_flags()
+
+
 def add_tenant(secrets, domain, setid, max_calls, calls_per_second, enabled=True):
     """The API's part: a tenant, its SIP domain and the attributes Kamailio routes by."""
     attrs = {"dispatcher_set": setid, "max_calls": max_calls, "calls_per_second": calls_per_second,

@@ -55,6 +55,8 @@ def tenants(lab, media):
             sip.add_extension(secrets, domain, number, PASSWORD)
     sip.reload_kamailio()
     sip.end_test_dialogs()
+    # A Kamailio restarted just before (an earlier module's apply) may not have probed them yet.
+    sip.wait_until_active(A_NODES + [B_NODE])
     yield secrets
     sip.remove_test_tenants(secrets)
     sip.reload_kamailio()
@@ -207,10 +209,7 @@ def test_with_one_media_node_down_calls_go_to_the_other(tenants, media):
         # every 2 s), marks the dead node inactive. A dispatcher.reload by an
         # earlier test resets the flags, so allow a few probe rounds.
         def dead_node_flags():
-            listing = sip.rpc("dispatcher.list")
-            states = {dest["DEST"]["URI"]: dest["DEST"]["FLAGS"] for dset in listing.get("RECORDS", [])
-                      for dest in dset["SET"]["TARGETS"]}
-            return states.get(f"sip:{A_NODES[0]}", "")
+            return sip.dispatcher_flags().get(f"sip:{A_NODES[0]}", "")
         assert sip.wait_for(lambda: dead_node_flags().startswith("I"), timeout=20), dead_node_flags()
         # And it stays out: a probe that times out (a local 408) must not count as an answer.
         time.sleep(6)
