@@ -6,6 +6,7 @@ stand-ins of test_sip's fixtures. Attackers use 127.0.3.x, a third party that
 must never receive anything listens on 127.0.3.250:5099.
 """
 
+import itertools
 import os
 import random
 import re
@@ -169,9 +170,13 @@ def locations(secrets, user):
         return cur.fetchall()
 
 
+# Each test's own extension (a random two-digit suffix collided between tests of one run).
+EXTENSION_NUMBERS = itertools.count(1700)
+
+
 @pytest.fixture
 def fresh_user(tenants):
-    number = f"17{uuid.uuid4().int % 100:02d}"
+    number = str(next(EXTENSION_NUMBERS))
     sip.add_extension(tenants, A, number, PASSWORD)
     yield number
     with sip.db(tenants, "kamailio") as conn, conn.cursor() as cur:
