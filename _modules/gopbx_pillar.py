@@ -61,6 +61,10 @@ DEFINITIONS = {
                  "description": "a lower-case DNS name such as api.gopbx.au"},
     "absolute_path": {"type": "string", "pattern": r"^(/[A-Za-z0-9._-]+)+/?$",
                       "description": "an absolute path of letters, digits, '.', '_' and '-'"},
+    "minion_id": {"type": "string", "pattern": r"^[a-z]+-[a-z]+-[0-9]+$",
+                  "description": "a minion id <role>-<location>-<n> such as kam-mel-1"},
+    "interface": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,15}$",
+                  "description": "a network interface name (up to 15 letters, digits, '_', '.', '-')"},
     "url": {"type": "string", "pattern": r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$",
             "description": "an http(s) URL"},
 }
@@ -318,6 +322,8 @@ def _check_relations(formula, merged, pillar):
         _check_freeswitch(merged, pillar)
     if formula == "pgbouncer":
         _check_pgbouncer(merged, pillar)
+    if formula == "keepalived" and merged["enabled"]:
+        _check_keepalived(merged)
 
 
 def _check_postgres(merged):
@@ -340,6 +346,31 @@ def _check_pgbouncer(merged, pillar):
         )
     if merged["default_pool_size"] > merged["max_db_connections"]:
         _fail("pgbouncer:default_pool_size", "must not exceed pgbouncer:max_db_connections")
+
+
+def _check_keepalived(merged):
+    minion_id = __opts__.get("id")  # noqa: F821  (a loader dunder)
+    peers = merged["peers"]
+    if minion_id not in peers:
+        _fail("keepalived:peers", f"must list this host ({minion_id}): its address, priority and location")
+    priorities = [peer["priority"] for peer in peers.values()]
+    if len(set(priorities)) != len(priorities):
+        _fail("keepalived:peers", f"must give each host its own priority, got {priorities}")
+    addresses = [peer["address"] for peer in peers.values()]
+    if len(set(addresses)) != len(addresses):
+        _fail("keepalived:peers", f"must give each host its own address, got {addresses}")
+    for key in ("sip_address", "sip_address_location", "dns:domain"):
+        if not _lookup(merged, key):
+            _fail(f"keepalived:{key}", "is missing: the SIP edge's public side needs it")
+    me = peers[minion_id]
+    if me["location"] == merged["sip_address_location"]:
+        if not merged["reserved_ip_id"] or not me.get("instance_id"):
+            _fail("keepalived:reserved_ip_id" if not merged["reserved_ip_id"] else f"keepalived:peers:{minion_id}:"
+                  "instance_id", "is missing: a host in the SIP address's location takes the reserved IP through "
+                  "Vultr, by these ids")
+    elif not me.get("public_address"):
+        _fail(f"keepalived:peers:{minion_id}:public_address", "is missing: a host outside the SIP address's location "
+              "is reached by its own public address (the SIP name's A record)")
 
 
 def _check_freeswitch(merged, pillar):

@@ -31,7 +31,7 @@ SECRET_NAMES = {
     "api": ["jwt_key", "admin_password"],
     "freeswitch": ["esl_password"],
     # A throwaway key: the labs' salt-cloud talks only to the Vultr double.
-    "vultr": ["api_key"],
+    "vultr": ["api_key", "edge_api_key"],
 }
 
 

@@ -47,9 +47,11 @@ BASE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "iproute2", "ifupdown", "ipu
 ROLE_PACKAGES = ["rsyslog", "postgresql-15", "postgresql-client-15", "pgbouncer", "redis-server",
                  "kamailio", "kamailio-postgres-modules", "kamailio-tls-modules", "kamailio-redis-modules",
                  "kamailio-xml-modules", "rtpengine-daemon", "nginx", "openssl", "sip-tester",
-                 "python3-dev", "gcc", "libpq-dev", "logrotate", "ufw", "gnupg"]
+                 "python3-dev", "gcc", "libpq-dev", "logrotate", "ufw", "gnupg", "keepalived",
+                 "wireguard-tools", "wireguard-go", "knot", "knot-dnsutils"]
 # Packages enable their services; a fresh VM has none running until Salt says so.
-PACKAGE_SERVICES = ["postgresql", "pgbouncer", "redis-server", "kamailio", "rtpengine-daemon", "nginx"]
+PACKAGE_SERVICES = ["postgresql", "pgbouncer", "redis-server", "kamailio", "rtpengine-daemon", "nginx",
+                    "keepalived", "knot"]
 # The Vultr double's port on the coordinator (the lab's salt-cloud talks to it).
 VULTR_DOUBLE_PORT = 8099
 # Bump when build_template changes what it makes.
@@ -228,6 +230,8 @@ def site_pillar():
         "machines and opts.id.startswith(('coord-', 'kam-')) else machines[\"" + coordinator() + "\"] }}']}",
         f"rtpengine: {{interface_address: {coord}, kernel_forwarding: false}}",
         "nginx: {certificate: self_signed, extra_listen_addresses: []}",
+        "# The SIP edge pair needs the private mesh and each host's own RTPEngine first.",
+        "keepalived: {enabled: false}",
         "# salt-cloud on the master talks to the Vultr double (tests/doubles/vultr.py) there.",
         f"salt_master: {{vultr_api_url: 'http://127.0.0.1:{VULTR_DOUBLE_PORT}/v2'}}",
         f"api: {{salt_webhook_url: 'http://127.0.0.1:8000/gopbx/provision', "

@@ -10,6 +10,9 @@ common:
     drop_in_dir: /etc/syslog.d
     # inetutils' init script reports "status" 0 even when syslogd is down.
     process: /usr/sbin/syslogd
+keepalived:
+  # One host, no VRRP partner: the multi-host lab runs the SIP edge pair.
+  enabled: false
 firewall:
   # Never ufw on the host the lab shares (FIELD-NOTES); the multi-host lab tests it.
   enabled: false

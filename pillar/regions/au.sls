@@ -26,6 +26,20 @@ kamailio:
   # SIP on the floating IP, which Keepalived moves between Sydney and Melbourne.
   sip_addresses: [103.43.75.51]
   nonlocal_bind: true
+keepalived:
+  # The SIP edge's VRRP group, over the region's WireGuard mesh (wireguard formula).
+  # Sydney holds the reserved IP; Melbourne, in another Vultr location, can't take
+  # it and is reached by the SIP name instead (A record, SRV by priority). The
+  # site pillar adds the Vultr ids (instance_id, reserved_ip_id) and Melbourne's
+  # public address.
+  vrrp_interface: wg-gopbx
+  public_interface: enp1s0
+  sip_address: 103.43.75.51
+  sip_address_location: syd
+  dns: {domain: gopbx.au, name: sip, ttl: 30}
+  peers:
+    coord-syd-1: {address: 10.29.0.1, priority: 150, location: syd, public_address: 149.28.188.104}
+    kam-mel-1: {address: 10.29.0.2, priority: 100, location: mel}
 rtpengine:
   interface_address: 149.28.188.104
 nginx:

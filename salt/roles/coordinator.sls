@@ -7,6 +7,7 @@ include:
   - redis
   - rtpengine
   - kamailio
+  - keepalived
   - api
   - nginx
   - salt_master

@@ -1,3 +1,4 @@
 # The Kamailio standby (kam-<region>-<n>): a second SIP edge.
 include:
   - kamailio
+  - keepalived

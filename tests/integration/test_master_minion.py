@@ -57,11 +57,11 @@ def test_a_minion_with_an_unknown_id_gets_no_role_and_nothing_applies(stranger_m
 # What each role's formulas declare (required_secrets, optional_secrets): nothing more.
 COORDINATOR_SECRETS = {"postgres:kamailio", "postgres:api", "postgres:salt", "postgres:metrics",
                        "postgres:replicator", "redis:password", "api:jwt_key", "api:admin_password_hash",
-                       "freeswitch:esl_password", "vultr:api_key"}
+                       "freeswitch:esl_password", "vultr:api_key", "vultr:edge_api_key"}
 SECRETS_BY_MINION = {
     "coord-syd-1": COORDINATOR_SECRETS,
     "lab-coord-7": COORDINATOR_SECRETS,
-    "kam-mel-1": {"postgres:kamailio", "redis:password"},
+    "kam-mel-1": {"postgres:kamailio", "redis:password", "vultr:edge_api_key"},
     "fs-syd-1": {"freeswitch:esl_password", "freeswitch:signalwire_token"},
     "fs-mel-12": {"freeswitch:esl_password", "freeswitch:signalwire_token"},
     "pgrep-syd-1": set(),

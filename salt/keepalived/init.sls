@@ -1,0 +1,123 @@
+{#- Keepalived on each Kamailio host: unicast VRRPv3 elects the active SIP edge;
+    track scripts ask the local Kamailio and RTPEngine; every transition goes
+    through notify_fifo, one at a time, to the reconcile (gopbx_edge.reconcile,
+    salt-call --local) that makes Vultr's side match, and to the masters as an
+    event. A timer runs the reconcile too: after a short split the old master
+    hears no transition. #}
+{%- from 'keepalived/map.jinja' import keepalived with context %}
+{%- from 'kamailio/map.jinja' import kamailio with context %}
+{%- from 'rtpengine/map.jinja' import rtpengine with context %}
+{%- set libexec = '/usr/local/lib/gopbx' %}
+{%- if keepalived.enabled %}
+{%-   set me = keepalived.peers[grains['id']] %}
+{%-   set edge = {
+        'minion_id': grains['id'],
+        'location': me.location,
+        'instance_id': me.get('instance_id', ''),
+        'public_address': me.get('public_address', ''),
+        'interface': keepalived.public_interface,
+        'sip_address': keepalived.sip_address,
+        'sip_address_location': keepalived.sip_address_location,
+        'reserved_ip_id': keepalived.reserved_ip_id,
+        'dns': keepalived.dns,
+        'vultr_url': keepalived.vultr_api_url,
+        'api_key': keepalived.secrets['vultr:edge_api_key']} %}
+
+keepalived-pkg-installed:
+  pkg.installed:
+    - name: keepalived
+
+keepalived-scripts-managed:
+  file.recurse:
+    - name: {{ libexec }}
+    - source: salt://keepalived/files/libexec
+    - file_mode: '0755'
+    - dir_mode: '0755'
+    - user: root
+    - group: root
+
+{#- Read by gopbx_edge.reconcile; it holds the Vultr key: root only. #}
+keepalived-edge-settings-managed:
+  file.managed:
+    - name: /etc/gopbx/edge.json
+    - contents: |
+        {{ edge | json }}
+    - makedirs: True
+    - user: root
+    - mode: '0600'
+    - show_changes: False
+
+keepalived-config-managed:
+  file.managed:
+    - name: /etc/keepalived/keepalived.conf
+    - source: salt://keepalived/files/keepalived.conf.jinja
+    - template: jinja
+    - context:
+        keepalived: {{ keepalived | json }}
+        me: {{ me | json }}
+        minion_id: {{ grains['id'] }}
+        checks:
+          sip: {{ kamailio.address }} {{ kamailio.sip_port }}
+          ng: {{ rtpengine.plan.rtpengine_ng }} {{ rtpengine.ng_port }}
+        libexec: {{ libexec }}
+    - mode: '0644'
+    - check_cmd: keepalived --config-test -f
+    - require:
+      - pkg: keepalived-pkg-installed
+      - file: keepalived-scripts-managed
+
+keepalived-service-running:
+  service.running:
+    - name: keepalived
+    - enable: True
+    - reload: True
+    - watch:
+      - file: keepalived-config-managed
+    - require:
+      - file: keepalived-edge-settings-managed
+
+{%-   if grains['init'] == 'systemd' %}
+
+keepalived-reconcile-units-managed:
+  file.managed:
+    - names:
+      - /etc/systemd/system/gopbx-edge-reconcile.service:
+        - contents: |
+            # Managed by Salt (keepalived formula).
+            [Unit]
+            Description=GoPBX: make the SIP edge's public side match this host's VRRP state
+            After=keepalived.service
+            [Service]
+            Type=oneshot
+            ExecStart=/usr/bin/salt-call --local --out=quiet --log-file-level=warning gopbx_edge.reconcile
+      - /etc/systemd/system/gopbx-edge-reconcile.timer:
+        - contents: |
+            # Managed by Salt (keepalived formula).
+            [Unit]
+            Description=GoPBX: the SIP edge reconcile, every {{ keepalived.reconcile_interval }} s
+            [Timer]
+            OnActiveSec=0
+            OnUnitInactiveSec={{ keepalived.reconcile_interval }}s
+            AccuracySec=1s
+            [Install]
+            WantedBy=timers.target
+    - mode: '0644'
+
+keepalived-reconcile-timer-running:
+  service.running:
+    - name: gopbx-edge-reconcile.timer
+    - enable: True
+    - require:
+      - service: keepalived-service-running
+    - watch:
+      - file: keepalived-reconcile-units-managed
+{%-   endif %}
+{%- else %}
+
+{#- Not an HA edge (the single-host lab): no Keepalived running. #}
+keepalived-service-dead:
+  service.dead:
+    - name: keepalived
+    - enable: False
+    - onlyif: test -e /etc/init.d/keepalived -o -e /lib/systemd/system/keepalived.service
+{%- endif %}
