@@ -6,7 +6,7 @@ The SIP edge's public side, made to match this host's VRRP state.
 
 Keepalived elects the active Kamailio host and, on a host in the SIP address's own
 Vultr location, puts that address on the interface itself within its advert
-interval. What Keepalived cannot do is tell Vultr, which routes a reserved IP to
+interval (and takes it off again). What Keepalived cannot do is tell Vultr, which routes a reserved IP to
 the instance it is attached to, and a reserved IP belongs to one location. This
 reconcile owns that side, from the settings the keepalived formula writes to
 ``/etc/gopbx/edge.json`` (readable by root only: it holds the Vultr key):
@@ -18,9 +18,9 @@ reconcile owns that side, from the settings the keepalived formula writes to
 - the active host in another location (Melbourne for Sydney's address) cannot
   take it: it points the A record at its own public address (short TTL; the SRV
   records list both sites by priority);
-- every host holds the reserved address on its interface exactly when it is the
-  active host of that location, and drops it otherwise (after a SIGKILL the dead
-  Keepalived leaves it behind).
+- a host whose Keepalived is not running drops the reserved address from its
+  interface: a SIGKILLed Keepalived leaves it behind. While Keepalived runs the
+  address is its alone: a reconcile acting on a state a moment old would fight it.
 
 It runs from Keepalived's ``notify_fifo`` (one transition at a time, in order) and
 from a timer: after a short split the old master hears no transition. Each step
@@ -125,16 +125,14 @@ def _prefix(address):
     return 32 if ipaddress.ip_address(address).version == 4 else 128
 
 
-def _set_interface_address(config, wanted, changes):
+def _drop_leftover_address(config, changes):
+    """The SIP address off the interface of a host whose Keepalived is gone."""
     address, interface = config["sip_address"], config["interface"]
-    present = _on_interface(address, interface)
-    if present == wanted:
+    if not _on_interface(address, interface):
         return
-    # Keepalived adds it itself and announces it (gratuitous ARP, garp_master_refresh);
-    # this repairs what a killed Keepalived left or a hand removed.
-    _ip("addr", "add" if wanted else "del", f"{address}/{_prefix(address)}", "dev", interface)
-    changes["interface"] = f"{address} {'added to' if wanted else 'removed from'} {interface}"
-    log.warning("gopbx_edge: %s", changes["interface"])
+    _ip("addr", "del", f"{address}/{_prefix(address)}", "dev", interface)
+    changes["interface"] = f"{address} removed from {interface}"
+    log.warning("gopbx_edge: %s (Keepalived is not running)", changes["interface"])
 
 
 def _vultr(config):
@@ -146,14 +144,39 @@ def _holds_reserved_ip(config):
     return config["location"] == config["sip_address_location"]
 
 
-def _public_side(config, changes):
+def _outranked_by(config, holder, what, transition):
+    """
+    Whether a peer of higher priority holds WHAT, and this run must leave it. A run
+    on a transition to MASTER takes it from anyone: this host just won the
+    election. A later run (the timer) does not take it from a higher-priority
+    peer: while the private network is cut both hosts are MASTER, and each timer
+    would otherwise move the address back and forth every few seconds.
+    """
+    peers = config.get("peers") or {}
+    mine = (peers.get(config["minion_id"]) or {}).get("priority", 0)
+    theirs = (peers.get(holder) or {}).get("priority", 0)
+    if transition or holder in (None, config["minion_id"]) or theirs <= mine:
+        return False
+    log.info("gopbx_edge: %s is held by %s, of higher priority: left to it", what, holder)
+    return True
+
+
+def _peer(config, key, value):
+    return next((name for name, peer in (config.get("peers") or {}).items() if value and peer.get(key) == value),
+                None if not value else "someone else")
+
+
+def _public_side(config, changes, transition):
     """Vultr routes the SIP address (or its name) to this host."""
     vultr = _vultr(config)
+    dns = config["dns"]
     if _holds_reserved_ip(config):
         if not config.get("reserved_ip_id") or not config.get("instance_id"):
             raise CommandExecutionError("reserved_ip_id and instance_id are needed to take the reserved IP")
         before = vultr.reserved_ip(config["reserved_ip_id"]).get("instance_id")
         if before != config["instance_id"]:
+            if _outranked_by(config, _peer(config, "instance_id", before), "the reserved IP", transition):
+                return
             vultr.move_reserved_ip(config["reserved_ip_id"], config["instance_id"],
                                    timeout=config.get("move_timeout", 30))
             changes["reserved_ip"] = f"{config['sip_address']} moved from {before or 'nothing'} to " \
@@ -162,7 +185,14 @@ def _public_side(config, changes):
         record = config["sip_address"]
     else:
         record = config["public_address"]
-    dns = config["dns"]
+        current = [item["data"] for item in vultr.dns_records(dns["domain"])
+                   if item["name"] == dns["name"] and item["type"] == "A"]
+        if current and current[0] != record:
+            holder = _peer(config, "public_address", current[0])
+            if current[0] == config["sip_address"]:
+                holder = _peer(config, "instance_id", vultr.reserved_ip(config["reserved_ip_id"]).get("instance_id"))
+            if _outranked_by(config, holder, "the SIP name", transition):
+                return
     if vultr.set_dns_record(dns["domain"], dns["name"], "A", record, dns["ttl"]):
         changes["dns"] = f"{dns['name']}.{dns['domain']} A {record} (TTL {dns['ttl']})"
         log.warning("gopbx_edge: %s", changes["dns"])
@@ -192,16 +222,19 @@ class _Lock:
         self.handle.close()
 
 
-def reconcile(config_path=None):
+def reconcile(config_path=None, transition=False):
     """
     Make the public side match this host's VRRP state. Returns the state, what
     changed and, if a step failed, why (the rest is retried on the next run).
+    ``transition=True`` (the notify handler, on a transition) takes the public
+    side from any peer; otherwise a higher-priority peer keeps it.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-call --local gopbx_edge.reconcile
+        salt-call --local gopbx_edge.reconcile transition=True
     """
     config = _config(config_path)
     with _Lock(os.path.join(_run_dir(config), LOCK_FILE), timeout=config.get("lock_timeout", 60)):
@@ -209,11 +242,11 @@ def reconcile(config_path=None):
         active = state == "MASTER"
         changes, result = {}, {"state": state, "minion_id": config["minion_id"]}
         try:
-            # The interface first: it is this host's alone and quick. Vultr's side
-            # takes seconds and may fail; the next run (timer) finishes it.
-            _set_interface_address(config, active and _holds_reserved_ip(config), changes)
-            if active:
-                _public_side(config, changes)
+            # Vultr's side takes seconds and may fail: the next run (timer) finishes it.
+            if state == "STOP":
+                _drop_leftover_address(config, changes)
+            elif active:
+                _public_side(config, changes, transition)
         except Exception as exc:  # noqa: BLE001  (any failure: logged, reported, retried by the timer)
             log.error("gopbx_edge: reconcile as %s failed: %s", state, exc)
             result.update(result=False, error=str(exc))

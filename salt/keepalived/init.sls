@@ -20,6 +20,7 @@
         'sip_address_location': keepalived.sip_address_location,
         'reserved_ip_id': keepalived.reserved_ip_id,
         'dns': keepalived.dns,
+        'peers': keepalived.peers,
         'vultr_url': keepalived.vultr_api_url,
         'api_key': keepalived.secrets['vultr:edge_api_key']} %}
 

@@ -28,7 +28,7 @@ OS = [{"id": 2136, "name": "Debian 12 x64 (bookworm)", "arch": "x64", "family": 
 
 
 class VultrDouble(ServedDouble):
-    def __init__(self, api_key="vultr-double-key", polls_until_active=2, page_size=None, port=0):
+    def __init__(self, api_key="vultr-double-key", polls_until_active=2, page_size=None, port=0, host="127.0.0.1"):
         self.api_key, self.polls_until_active, self.page_size = api_key, polls_until_active, page_size
         self.instances, self.requests, self.failures = {}, [], []
         self.reserved_ips, self.domains, self.settle_seconds = {}, {}, 0.2
@@ -38,8 +38,8 @@ class VultrDouble(ServedDouble):
         # Called with (method, path) before each answer: lets a test see the world as Vultr is asked.
         self.on_request = None
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v2"
+        self._server = ThreadingHTTPServer((host, port), _handler(self))
+        self.url = f"http://{host}:{self._server.server_address[1]}/v2"
 
     def fail(self, status, times=1, message="double says no", method=None):
         """The next TIMES requests (of METHOD, if given) get STATUS."""

@@ -2,7 +2,9 @@
 The edge reconcile (_modules/gopbx_edge.py) against the Vultr double and real
 interfaces: two "hosts" are two bridges in a network namespace this test makes
 (the reconcile's `ip` runs there), Keepalived's VRRP process is a pid file and
-its announced state the file the notify handler writes.
+its announced state the file the notify handler writes. While Keepalived runs
+it owns the address on the interface (tests/integration/test_keepalived_edge.py
+runs the real one): here `keepalived_adds` stands for it.
 """
 
 import json
@@ -64,7 +66,7 @@ def addresses(netns, interface):
 class Host:
     """One edge host: its settings file, run dir, VRRP pid file and interface."""
 
-    def __init__(self, tmp_path, netns, double, name, location, interface, instance_id, public_address):
+    def __init__(self, tmp_path, netns, double, name, location, interface, instance_id, public_address, peers):
         self.netns, self.interface = netns, interface
         self.run_dir = tmp_path / name / "run"
         self.run_dir.mkdir(parents=True)
@@ -76,6 +78,7 @@ class Host:
                          "sip_address_location": "syd", "reserved_ip_id": double.sip_ip,
                          "dns": {"domain": "gopbx.au", "name": "sip", "ttl": 30},
                          "vultr_url": double.url, "api_key": double.api_key, "run_dir": str(self.run_dir),
+                         "peers": peers,
                          "vrrp_pid_file": str(self.pid_file)}
         self.write()
         self.module = edge_module(netns)
@@ -90,8 +93,11 @@ class Host:
     def announce(self, state):
         (self.run_dir / "vrrp-state").write_text(state + "\n")
 
-    def reconcile(self):
-        return self.module.reconcile(str(self.config))
+    def keepalived_adds(self):
+        subprocess.run(["ip", "-n", self.netns, "addr", "add", f"{SIP_ADDRESS}/32", "dev", self.interface], check=True)
+
+    def reconcile(self, transition=True):
+        return self.module.reconcile(str(self.config), transition=transition)
 
     def holds(self):
         return SIP_ADDRESS in addresses(self.netns, self.interface)
@@ -106,9 +112,13 @@ def pair(tmp_path, netns, double):
                                                                "plan": "vc2-2c-4gb"}, double.api_key)[1]["instance"]
         made[label] = instance["id"]
     double.sip_ip = double.reserve_ip("syd", SIP_ADDRESS, "sip")
-    hosts = {"a": Host(tmp_path, netns, double, "coord-syd-1", "syd", "edge-a", made["coord-syd-1"], "149.28.188.104"),
-             "b": Host(tmp_path, netns, double, "kam-syd-2", "syd", "edge-b", made["kam-syd-2"], "149.28.188.105")}
-    hosts["mel"] = Host(tmp_path, netns, double, "kam-mel-1", "mel", "edge-b", made["kam-mel-1"], "45.76.112.9")
+    public = {"coord-syd-1": "149.28.188.104", "kam-syd-2": "149.28.188.105", "kam-mel-1": "45.76.112.9"}
+    peers = {name: {"address": f"10.29.0.{number}", "priority": 150 - 50 * number, "location": name.split("-")[1],
+                    "instance_id": made[name], "public_address": public[name]} for number, name in enumerate(made)}
+    hosts = {key: Host(tmp_path, netns, double, name, name.split("-")[1], interface, made[name], public[name], peers)
+             for key, name, interface in (("a", "coord-syd-1", "edge-a"), ("b", "kam-syd-2", "edge-b"),
+                                          ("mel", "kam-mel-1", "edge-b"))}
+    double.requests.clear()  # the operator's set-up above; tests count the reconcile's own
     yield hosts
     for interface in ("edge-a", "edge-b"):
         subprocess.run(["ip", "-n", netns, "addr", "flush", "dev", interface], check=False)
@@ -127,8 +137,8 @@ def test_the_master_takes_the_reserved_ip_and_the_name_then_a_second_run_changes
     a.announce("MASTER")
     first = a.reconcile()
     assert first["result"] is True and first["state"] == "MASTER", first
-    assert set(first["changes"]) == {"interface", "reserved_ip", "dns"}
-    assert a.holds()
+    assert set(first["changes"]) == {"reserved_ip", "dns"}
+    assert not a.holds()  # the interface is Keepalived's while it runs
     assert double.reserved_ips[double.sip_ip]["instance_id"] == a.settings["instance_id"]
     assert sip_records(double) == [(SIP_ADDRESS, 30)]
     before = len(writes(double))
@@ -138,27 +148,34 @@ def test_the_master_takes_the_reserved_ip_and_the_name_then_a_second_run_changes
 
 
 @pytest.mark.parametrize("state", ["BACKUP", "FAULT", "STOP", "", "master", "GARBAGE\nMASTER"])
-def test_a_host_that_is_not_master_drops_the_address_and_leaves_vultr_alone(pair, double, state):
+def test_a_host_that_is_not_master_changes_nothing_and_leaves_vultr_alone(pair, double, state):
     a = pair["a"]
-    a.announce("MASTER")
-    a.reconcile()
-    before = len(double.requests)
     a.announce(state)
     result = a.reconcile()
-    assert result["result"] is True and result["state"] in ("BACKUP", "FAULT", "STOP")
-    assert result["changes"] == {"interface": f"{SIP_ADDRESS} removed from edge-a"}
-    assert not a.holds()
-    assert len(double.requests) == before  # a backup never talks to Vultr
+    assert result == {"state": state if state in ("BACKUP", "FAULT", "STOP") else "BACKUP",
+                      "minion_id": "coord-syd-1", "result": True, "changes": {}}
+    assert double.requests == []  # a backup never talks to Vultr
 
 
-def test_a_killed_keepalived_leaves_no_address_behind_whatever_it_last_announced(pair):
+def test_the_address_is_left_to_a_running_keepalived_whatever_the_state_file_says(pair):
     a = pair["a"]
-    a.announce("MASTER")
-    a.reconcile()
-    a.alive(False)  # SIGKILL: the state file still says MASTER
+    a.keepalived_adds()
+    a.announce("BACKUP")  # a line still waiting its turn in the FIFO: Keepalived knows better
+    assert a.reconcile()["changes"] == {}
+    assert a.holds()
+
+
+@pytest.mark.parametrize("last_announced", ["MASTER", "BACKUP", None])
+def test_a_killed_keepalived_leaves_no_address_behind_whatever_it_last_announced(pair, double, last_announced):
+    a = pair["a"]
+    a.keepalived_adds()
+    if last_announced:
+        a.announce(last_announced)
+    a.alive(False)  # SIGKILL: the address stays, the state file says what it said
     assert a.module.vrrp_state(a.module._config(str(a.config))) == "STOP"
     assert a.reconcile()["changes"] == {"interface": f"{SIP_ADDRESS} removed from edge-a"}
     assert not a.holds()
+    assert double.requests == []  # a dead Keepalived's host is no one to move the address
 
 
 def test_a_same_location_failover_moves_the_reserved_ip_through_vultrs_slow_detach(pair, double):
@@ -169,10 +186,9 @@ def test_a_same_location_failover_moves_the_reserved_ip_through_vultrs_slow_deta
     b.announce("MASTER")
     a.announce("BACKUP")
     moved = b.reconcile()
-    a.reconcile()
-    assert moved["result"] is True and "reserved_ip" in moved["changes"], moved
+    assert a.reconcile()["changes"] == {}
+    assert moved["result"] is True and set(moved["changes"]) == {"reserved_ip"}, moved
     assert double.reserved_ips[double.sip_ip]["instance_id"] == b.settings["instance_id"]
-    assert b.holds() and not a.holds()
     assert sip_records(double) == [(SIP_ADDRESS, 30)]  # the name never moved: the address did
     assert double.requests.count(("POST", f"/v2/reserved-ips/{double.sip_ip}/detach")) == 1
 
@@ -182,7 +198,6 @@ def test_a_cross_location_master_moves_the_name_to_its_own_address_and_back(pair
     a.announce("MASTER")
     a.reconcile()
     a.alive(False)
-    a.reconcile()
     mel.announce("MASTER")
     result = mel.reconcile()
     assert result["result"] is True and set(result["changes"]) == {"dns"}, result
@@ -193,15 +208,13 @@ def test_a_cross_location_master_moves_the_name_to_its_own_address_and_back(pair
     a.alive()
     a.announce("MASTER")
     mel.announce("BACKUP")
-    assert a.reconcile()["changes"] == {"interface": f"{SIP_ADDRESS} added to edge-a",
-                                        "dns": f"sip.gopbx.au A {SIP_ADDRESS} (TTL 30)"}
+    assert a.reconcile()["changes"] == {"dns": f"sip.gopbx.au A {SIP_ADDRESS} (TTL 30)"}
     assert mel.reconcile()["changes"] == {}
     assert sip_records(double) == [(SIP_ADDRESS, 30)]
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])
-def test_a_failed_vultr_call_is_logged_retried_by_the_next_run_and_never_leaves_two_holders(pair, double, caplog,
-                                                                                            status):
+def test_a_failed_vultr_call_is_logged_and_retried_by_the_next_run(pair, double, caplog, status):
     a, b = pair["a"], pair["b"]
     a.announce("MASTER")
     a.reconcile()
@@ -213,8 +226,7 @@ def test_a_failed_vultr_call_is_logged_retried_by_the_next_run_and_never_leaves_
     failed = b.reconcile()
     assert failed["result"] is False and "Vultr is having a moment" in failed["error"], failed
     assert "gopbx_edge: reconcile as MASTER failed" in caplog.text
-    a.reconcile()
-    assert [a.holds(), b.holds()] == [False, True]  # the interfaces follow VRRP, never both
+    assert double.reserved_ips[double.sip_ip]["instance_id"] in (a.settings["instance_id"], None)
     double.failures.clear()
     retried = b.reconcile()  # the timer's next run
     assert retried["result"] is True and "reserved_ip" in retried["changes"], retried
@@ -228,7 +240,6 @@ def test_a_4xx_from_vultr_is_not_resent_and_is_reported(pair, double):
     a.announce("MASTER")
     result = a.reconcile()
     assert result["result"] is False and "401" in result["error"]
-    assert a.holds()  # the interface is local and Keepalived's decision; only Vultr's side waits
     assert double.requests.count(("GET", f"/v2/reserved-ips/{double.sip_ip}")) == 1
 
 
@@ -265,5 +276,36 @@ def test_reconciles_on_one_host_run_one_at_a_time(pair, double):
 def test_status_tells_the_state_and_whether_the_address_is_here(pair):
     a = pair["a"]
     a.announce("MASTER")
-    a.reconcile()
+    a.keepalived_adds()
     assert a.module.status(str(a.config)) == {"minion_id": "coord-syd-1", "state": "MASTER", "holds_address": True}
+
+
+def test_while_the_private_network_is_cut_the_timer_leaves_the_address_to_the_higher_priority_master(pair, double):
+    a, b = pair["a"], pair["b"]
+    # Both are MASTER: b won its own election (a transition) and took the reserved IP.
+    a.announce("MASTER")
+    b.announce("MASTER")
+    assert "reserved_ip" in b.reconcile(transition=True)["changes"]
+    # a's timer takes it back (a outranks b); b's timer then leaves it to a: no ping-pong.
+    assert "reserved_ip" in a.reconcile(transition=False)["changes"]
+    moves = double.requests.count(("POST", f"/v2/reserved-ips/{double.sip_ip}/attach"))
+    for _ in range(3):
+        assert b.reconcile(transition=False)["changes"] == {}
+        assert a.reconcile(transition=False)["changes"] == {}
+    assert double.requests.count(("POST", f"/v2/reserved-ips/{double.sip_ip}/attach")) == moves
+    assert double.reserved_ips[double.sip_ip]["instance_id"] == a.settings["instance_id"]
+
+
+def test_across_locations_the_timer_leaves_the_name_to_the_higher_priority_site(pair, double):
+    a, mel = pair["a"], pair["mel"]
+    a.announce("MASTER")
+    a.reconcile()
+    mel.announce("MASTER")  # a split between Sydney and Melbourne: both MASTER
+    assert mel.reconcile(transition=False)["changes"] == {}
+    assert sip_records(double) == [(SIP_ADDRESS, 30)]
+    # On its own transition Melbourne takes the name (Sydney may be gone); Sydney's timer takes it back.
+    assert set(mel.reconcile(transition=True)["changes"]) == {"dns"}
+    assert sip_records(double) == [("45.76.112.9", 30)]
+    assert set(a.reconcile(transition=False)["changes"]) == {"dns"}
+    assert mel.reconcile(transition=False)["changes"] == {}
+    assert sip_records(double) == [(SIP_ADDRESS, 30)]
