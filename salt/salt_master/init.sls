@@ -9,7 +9,8 @@
       'kamailio_rpc_url': 'http://' ~ salt_master.plan.kamailio ~ ':8080/jsonrpc',
       'redis_url': 'redis://:' ~ salt_master.secrets['redis:password'] ~ '@' ~ salt_master.plan.redis ~ ':6379/0',
       'allowed_networks': salt_master.allowed_networks,
-      'placement': salt_master.placement} } %}
+      'placement': salt_master.placement,
+      'edge_hosts': salt['gopbx_pillar.plain']('keepalived:peers', {}) | list | sort} } %}
 
 # The region's secrets file is GPG-encrypted (#!yaml|gpg): the master decrypts it
 # with its key in gpg_keydir (etc/salt/master.d/gopbx.conf), readable by root only.
