@@ -324,6 +324,8 @@ def _check_relations(formula, merged, pillar):
         _check_pgbouncer(merged, pillar)
     if formula == "keepalived" and merged["enabled"]:
         _check_keepalived(merged)
+    if formula == "dns":
+        _check_dns(merged, pillar)
 
 
 def _check_postgres(merged):
@@ -371,6 +373,19 @@ def _check_keepalived(merged):
     elif not me.get("public_address"):
         _fail(f"keepalived:peers:{minion_id}:public_address", "is missing: a host outside the SIP address's location "
               "is reached by its own public address (the SIP name's A record)")
+
+
+def _check_dns(merged, pillar):
+    for key in ("sip_sites", "failover_names"):
+        for index, name in enumerate(merged[key]):
+            if name not in merged["addresses"]:
+                _fail(f"dns:{key}:{index}", f"is {name!r}, which dns:addresses does not give an address")
+    if merged["server"] == "knot":
+        for key in ("nameservers", "hostmaster"):
+            if not merged[key]:
+                _fail(f"dns:{key}", "is missing: Knot serves the zone's SOA and NS records from it")
+    elif not _lookup(pillar, "secrets:vultr:api_key"):
+        _fail("secrets:vultr:api_key", "is missing: dns:server vultr keeps the zone through Vultr's API")
 
 
 def _check_freeswitch(merged, pillar):

@@ -171,20 +171,36 @@ class Vultr:
         priority); return True if anything changed. Idempotent: a record that
         already matches costs one GET.
         """
-        wanted = {"name": name, "type": record_type, "data": data, "ttl": ttl, "priority": priority}
-        same = [item for item in self.dns_records(domain) if item["name"] == name and item["type"] == record_type]
-        keep, extra = (same[0], same[1:]) if same else (None, [])
-        changed = bool(extra)
-        for item in extra:
+        return self.set_dns_records(domain, name, record_type, [{"data": data, "ttl": ttl, "priority": priority}])
+
+    def set_dns_records(self, domain, name, record_type, wanted, existing=None):
+        """
+        Make the zone's NAME/TYPE hold exactly the WANTED records ({data, ttl,
+        priority} each); return True if anything changed. A record that differs
+        only in TTL or priority is updated in place, extra ones deleted, missing
+        ones created.
+        """
+        existing = self.dns_records(domain) if existing is None else existing
+        same = [item for item in existing if item["name"] == name and item["type"] == record_type]
+        missing, changed = [], False
+        for record in wanted:
+            match = next((item for item in same if item["data"] == record["data"]), None)
+            if match is None:
+                missing.append(record)
+                continue
+            same.remove(match)
+            if (match.get("ttl"), match.get("priority", 0)) != (record["ttl"], record.get("priority", 0)):
+                self.request("PATCH", f"/domains/{domain}/records/{match['id']}",
+                             {"ttl": record["ttl"], "priority": record.get("priority", 0)})
+                changed = True
+        for record, reused in zip(missing, same):
+            self.request("PATCH", f"/domains/{domain}/records/{reused['id']}",
+                         {"data": record["data"], "ttl": record["ttl"], "priority": record.get("priority", 0)})
+        for item in same[len(missing):]:
             self.request("DELETE", f"/domains/{domain}/records/{item['id']}")
-        if keep is None:
-            self.request("POST", f"/domains/{domain}/records", wanted)
-            return True
-        if any(keep.get(key) != value for key, value in wanted.items()):
-            self.request("PATCH", f"/domains/{domain}/records/{keep['id']}",
-                         {key: wanted[key] for key in ("name", "data", "ttl", "priority")})
-            changed = True
-        return changed
+        for record in missing[len(same):]:
+            self.request("POST", f"/domains/{domain}/records", {"name": name, "type": record_type, **record})
+        return changed or bool(missing) or len(same) > len(missing)
 
     def lookup(self, region, plan, os_name):
         """Check a profile's region and plan exist (and that the plan is sold there); the OS id by name."""

@@ -10,6 +10,7 @@ network:
     nginx: 13
     kamailio: 15
     api: 30
+    dns: 53
     prometheus: 40
     grafana: 41
     node_exporter: 42

@@ -232,6 +232,10 @@ def site_pillar():
         "nginx: {certificate: self_signed, extra_listen_addresses: []}",
         "# The SIP edge pair needs the private mesh and each host's own RTPEngine first.",
         "keepalived: {enabled: false}",
+        "# The zone served by Knot on the coordinator, each site's SIP name at its lab address.",
+        "dns: {server: knot, zone: gopbx.mlab.invalid, nameservers: [ns1.gopbx.mlab.invalid],",
+        "      hostmaster: hostmaster.gopbx.mlab.invalid, addresses: {api: " + coord + ", sip: " + coord
+        + ", sip-mel: " + machines["kam-mel-1"] + "}}",
         "# salt-cloud on the master talks to the Vultr double (tests/doubles/vultr.py) there.",
         f"salt_master: {{vultr_api_url: 'http://127.0.0.1:{VULTR_DOUBLE_PORT}/v2'}}",
         f"api: {{salt_webhook_url: 'http://127.0.0.1:8000/gopbx/provision', "

@@ -13,6 +13,16 @@ common:
 keepalived:
   # One host, no VRRP partner: the multi-host lab runs the SIP edge pair.
   enabled: false
+dns:
+  # Knot DNS on the plan's dns address (127.28.0.53), authoritative for the lab's zone.
+  server: knot
+  zone: gopbx.lab.invalid
+  addresses:
+    api: 127.28.0.13
+    sip: 127.0.0.1
+  sip_sites: [sip]
+  nameservers: [ns1.gopbx.lab.invalid]
+  hostmaster: hostmaster.gopbx.lab.invalid
 firewall:
   # Never ufw on the host the lab shares (FIELD-NOTES); the multi-host lab tests it.
   enabled: false

@@ -40,6 +40,14 @@ keepalived:
   peers:
     coord-syd-1: {address: 10.29.0.1, priority: 150, location: syd, public_address: 149.28.188.104}
     kam-mel-1: {address: 10.29.0.2, priority: 100, location: mel}
+dns:
+  # The seed's records, kept in Vultr's DNS; SRV lists Sydney, then Melbourne
+  # (the site pillar adds sip-mel's address: the Melbourne host's own).
+  zone: gopbx.au
+  addresses:
+    api: 149.28.188.104
+    sip: 103.43.75.51
+  sip_sites: [sip, sip-mel]
 rtpengine:
   interface_address: 149.28.188.104
 nginx:

@@ -8,6 +8,7 @@ include:
   - rtpengine
   - kamailio
   - keepalived
+  - dns
   - api
   - nginx
   - salt_master

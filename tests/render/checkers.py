@@ -293,3 +293,30 @@ def check_freeswitch(files, config_dir="/etc/freeswitch"):
     expand(document)
     substitute(document)
     return document, variables
+
+
+def serve_knot(conf, zones, directory):
+    """
+    knotd on the rendered knot.conf, moved to a free loopback port with its files
+    under DIRECTORY, serving ZONES ({zone name: zone file text}). Returns
+    (process, port); the caller stops it.
+    """
+    directory = Path(directory)
+    port = free_port()
+    for name, text in zones.items():
+        (directory / f"{name}.zone").write_text(text)
+    conf = re.sub(r"listen: .*", f"listen: 127.0.0.1@{port}", conf)
+    conf = conf.replace('"/var/lib/knot"', f'"{directory}"').replace('"/run/knot"', f'"{directory}"')
+    conf = conf.replace("user: knot:knot", "user: root:root")
+    extra = "".join(f"  - domain: {name}\n" for name in zones if f"domain: {name}\n" not in conf)
+    (directory / "knot.conf").write_text(conf + extra)
+    process = subprocess.Popen(["knotd", "-c", str(directory / "knot.conf")], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    return process, port
+
+
+def kdig(port, name, record_type, server="127.0.0.1"):
+    """The answer section's records as (name, ttl, type, data) tuples, and the flags line."""
+    result = subprocess.run(["kdig", f"@{server}", "-p", str(port), "+noall", "+answer", "+norecurse", name,
+                             record_type], capture_output=True, text=True, check=True, timeout=10)
+    return [tuple(line.split(None, 4)[:2] + line.split(None, 4)[3:]) for line in result.stdout.splitlines() if line]

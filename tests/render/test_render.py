@@ -10,7 +10,7 @@ import pytest
 
 from tests.doubles import freeswitch_rules
 from tests.render import checkers
-from tests.support import VENV_BIN, fake_secrets, load_module, salt_call, write_minion_config
+from tests.support import REPO, VENV_BIN, fake_secrets, load_module, salt_call, wait_for, write_minion_config
 
 ROLE_OF = {
     "lab-coord-1": "coordinator",
@@ -40,7 +40,8 @@ def env(tmp_path_factory):
     (tmp / "secrets.sls").write_text(json.dumps({"secrets": secrets}))
     (site / "au.sls").write_text(json.dumps({"postgres": {"replicas": [AU_REPLICA]},
                                              "freeswitch": {"node_address": FS_ADDRESS},
-                                             "keepalived": AU_EDGE_SITE}))
+                                             "keepalived": AU_EDGE_SITE,
+                                             "dns": {"addresses": {"sip-mel": "45.76.112.9"}}}))
     config = write_minion_config(tmp / "etc", tmp / "secrets.sls", tmp / "pillar")
     # A media node derives its xml_curl password from its minion key.
     pki = tmp / "etc" / "root" / "etc" / "salt" / "pki" / "minion"
@@ -103,7 +104,7 @@ def test_every_role_renders_its_formulas(lowstate, minion_id):
     # The lab never runs ufw on the host it shares (firewall:enabled false).
     expected = {"common"} if minion_id.startswith("lab-") else {"common", "firewall"}
     if ROLE_OF[minion_id] == "coordinator":
-        expected |= {"postgres", "pgbouncer", "redis", "rtpengine", "kamailio", "keepalived", "api", "nginx",
+        expected |= {"postgres", "pgbouncer", "redis", "rtpengine", "kamailio", "keepalived", "dns", "api", "nginx",
                      "salt_master"}
         # The lab's plan is on loopback: the network formula has nothing to do there;
         # and the lab runs SIPp stand-ins where production has FreeSWITCH nodes.
@@ -532,3 +533,52 @@ def test_freeswitch_node_announces_itself_after_its_formula(env, lowstate):
     assert event["data"] == {"address": FS_ADDRESS, "capacity": 200,
                              "xml_curl_password_hash": credentials["password_hash"]}
     assert chunks[-1]["__id__"] == "freeswitch-ready-recorded"
+
+
+def test_production_keeps_the_seeds_zone_in_vultr_and_never_overwrites_the_failover_name(lowstate):
+    (chunk,) = [chunk for chunk in lowstate("coord-syd-1") if chunk["state"] == "gopbx_dns"]
+    assert chunk["name"] == "gopbx.au" and chunk["failover_names"] == ["sip"]
+    records = {(r["name"], r["type"], r["data"], r["ttl"], r["priority"]) for r in chunk["records"]}
+    assert records == {
+        ("api", "A", "149.28.188.104", 300, 0), ("sip", "A", "103.43.75.51", 30, 0),
+        ("sip-mel", "A", "45.76.112.9", 30, 0),
+        *{(service, "SRV", f"0 {port} {site}.gopbx.au", 30, priority)
+          for service, port in (("_sip._udp", 5060), ("_sip._tcp", 5060), ("_sips._tcp", 5061))
+          for site, priority in (("sip", 10), ("sip-mel", 20))}}
+
+
+def test_knot_serves_the_zones_rendered_from_pillar(rendered, lowstate, tmp_path):
+    import jinja2
+
+    lab = rendered("lab-coord-1")
+    assert "listen: 127.28.0.53@53" in lab["/etc/knot/knot.conf"]
+    # The production records, as Knot would serve them (production keeps them in Vultr).
+    (chunk,) = [chunk for chunk in lowstate("coord-syd-1") if chunk["state"] == "gopbx_dns"]
+    template = jinja2.Template((REPO / "salt" / "dns" / "files" / "zone.jinja").read_text())
+    au_zone = template.render(dns={"zone": "gopbx.au", "ttl": 300, "records": chunk["records"],
+                                   "nameservers": ["ns1.gopbx.au"], "hostmaster": "hostmaster.gopbx.au"})
+    process, port = checkers.serve_knot(lab["/etc/knot/knot.conf"], {
+        "gopbx.lab.invalid": lab["/var/lib/knot/gopbx.lab.invalid.zone"], "gopbx.au": au_zone}, tmp_path)
+    try:
+        assert wait_for(lambda: _answers(port, "api.gopbx.lab.invalid", "A"), timeout=10), process.stdout
+        assert checkers.kdig(port, "sip.gopbx.lab.invalid", "A") == [("sip.gopbx.lab.invalid.", "30", "A", "127.0.0.1")]
+        assert checkers.kdig(port, "_sip._udp.gopbx.lab.invalid", "SRV") == [
+            ("_sip._udp.gopbx.lab.invalid.", "30", "SRV", "10 0 5060 sip.gopbx.lab.invalid.")]
+        for service, port_number in (("_sip._udp", 5060), ("_sip._tcp", 5060), ("_sips._tcp", 5061)):
+            assert sorted(checkers.kdig(port, f"{service}.gopbx.au", "SRV")) == [
+                (f"{service}.gopbx.au.", "30", "SRV", f"10 0 {port_number} sip.gopbx.au."),
+                (f"{service}.gopbx.au.", "30", "SRV", f"20 0 {port_number} sip-mel.gopbx.au.")]
+        assert checkers.kdig(port, "api.gopbx.au", "A") == [("api.gopbx.au.", "300", "A", "149.28.188.104")]
+        assert checkers.kdig(port, "sip-mel.gopbx.au", "A") == [("sip-mel.gopbx.au.", "30", "A", "45.76.112.9")]
+        # Authoritative for its zones only: no answer for anything else.
+        assert checkers.kdig(port, "example.com", "A") == []
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _answers(port, name, record_type):
+    try:
+        return checkers.kdig(port, name, record_type)
+    except subprocess.CalledProcessError:
+        return []
