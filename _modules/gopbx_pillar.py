@@ -326,6 +326,8 @@ def _check_relations(formula, merged, pillar):
         _check_keepalived(merged)
     if formula == "dns":
         _check_dns(merged, pillar)
+    if formula == "wireguard" and merged["enabled"]:
+        _check_wireguard(merged)
 
 
 def _check_postgres(merged):
@@ -373,6 +375,21 @@ def _check_keepalived(merged):
     elif not me.get("public_address"):
         _fail(f"keepalived:peers:{minion_id}:public_address", "is missing: a host outside the SIP address's location "
               "is reached by its own public address (the SIP name's A record)")
+
+
+def _check_wireguard(merged):
+    minion_id = __opts__.get("id")  # noqa: F821  (a loader dunder)
+    hosts = merged["hosts"]
+    if minion_id not in hosts:
+        _fail("wireguard:hosts", f"must list this host ({minion_id}): its tunnel address and endpoint")
+    network = ipaddress.ip_network(merged["network"])
+    for name, host in hosts.items():
+        if ipaddress.ip_address(host["address"]) not in network:
+            _fail(f"wireguard:hosts:{name}:address", f"is {host['address']}, outside wireguard:network ({network})")
+    for key in ("address", "endpoint"):
+        values = [host[key] for host in hosts.values()]
+        if len(set(values)) != len(values):
+            _fail("wireguard:hosts", f"must give each host its own {key}, got {values}")
 
 
 def _check_dns(merged, pillar):

@@ -156,6 +156,7 @@ def status():
         ("RTPEngine", plan["rtpengine_ng"], 2223, "ng"),
         ("API", plan["api"], 8080, "http"),
         ("Nginx", plan["nginx"], 443, "https"),
+        ("Knot", plan["dns"], 53, "tcp"),
     ]
     print(f"{'service':<12} {'address':<22} {'what':<5} state")
     for label, address, port, what in rows:

@@ -232,6 +232,8 @@ def site_pillar():
         "nginx: {certificate: self_signed, extra_listen_addresses: []}",
         "# The SIP edge pair needs the private mesh and each host's own RTPEngine first.",
         "keepalived: {enabled: false}",
+        "wireguard: {enabled: false, hosts: {kam-mel-1: {endpoint: " + machines["kam-mel-1"] + "}, "
+        "pgrep-syd-1: {endpoint: " + machines["pgrep-syd-1"] + "}}}",
         "# The zone served by Knot on the coordinator, each site's SIP name at its lab address.",
         "dns: {server: knot, zone: gopbx.mlab.invalid, nameservers: [ns1.gopbx.mlab.invalid],",
         "      hostmaster: hostmaster.gopbx.mlab.invalid, addresses: {api: " + coord + ", sip: " + coord

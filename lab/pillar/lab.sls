@@ -23,6 +23,9 @@ dns:
   sip_sites: [sip]
   nameservers: [ns1.gopbx.lab.invalid]
   hostmaster: hostmaster.gopbx.lab.invalid
+wireguard:
+  # One host: no mesh.
+  enabled: false
 firewall:
   # Never ufw on the host the lab shares (FIELD-NOTES); the multi-host lab tests it.
   enabled: false

@@ -40,6 +40,16 @@ keepalived:
   peers:
     coord-syd-1: {address: 10.29.0.1, priority: 150, location: syd, public_address: 149.28.188.104}
     kam-mel-1: {address: 10.29.0.2, priority: 100, location: mel}
+wireguard:
+  # The region's mesh: the coordinator carries the database and Redis for the
+  # others. The site pillar adds the endpoints of hosts made after the seed.
+  hosts:
+    coord-syd-1: {address: 10.29.0.1, endpoint: 149.28.188.104, routes: [172.28.0.10/32, 172.28.0.11/32]}
+    kam-mel-1: {address: 10.29.0.2}
+    pgrep-syd-1: {address: 10.29.0.3}
+# Each mesh host's WireGuard public key, for its peers (wireguard formula).
+mine_functions:
+  gopbx_wireguard.public_key: []
 dns:
   # The seed's records, kept in Vultr's DNS; SRV lists Sydney, then Melbourne
   # (the site pillar adds sip-mel's address: the Melbourne host's own).

@@ -55,6 +55,19 @@ firewall-salt-master-from-{{ source }}-allowed:
       - ufw: firewall-ufw-enabled
 {%- endfor %}
 
+{%- for peer in firewall.vrrp_sources %}
+
+firewall-vrrp-from-{{ peer }}-allowed:
+  ufw.rule_present:
+    - src: {{ peer }}
+    - proto: vrrp
+    - comment: gopbx vrrp
+    - require:
+      - pkg: firewall-ufw-pkg-installed
+    - require_in:
+      - ufw: firewall-ufw-enabled
+{%- endfor %}
+
 firewall-ufw-enabled:
   ufw.enabled:
     - require:

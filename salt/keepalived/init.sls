@@ -3,7 +3,7 @@
     through notify_fifo, one at a time, to the reconcile (gopbx_edge.reconcile,
     salt-call --local) that makes Vultr's side match, and to the masters as an
     event. A timer runs the reconcile too: after a short split the old master
-    hears no transition. #}
+    hears no transition. keepalived:enabled false: nothing at all. #}
 {%- from 'keepalived/map.jinja' import keepalived with context %}
 {%- from 'kamailio/map.jinja' import kamailio with context %}
 {%- from 'rtpengine/map.jinja' import rtpengine with context %}
@@ -113,12 +113,6 @@ keepalived-reconcile-timer-running:
     - watch:
       - file: keepalived-reconcile-units-managed
 {%-   endif %}
-{%- else %}
-
-{#- Not an HA edge (the single-host lab): no Keepalived running. #}
-keepalived-service-dead:
-  service.dead:
-    - name: keepalived
-    - enable: False
-    - onlyif: test -e /etc/init.d/keepalived -o -e /lib/systemd/system/keepalived.service
 {%- endif %}
+{#- keepalived:enabled false (a host with no VRRP partner, the single-host lab):
+    this formula installs and starts nothing. #}

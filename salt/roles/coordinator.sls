@@ -1,6 +1,7 @@
 # The coordinator (coord-<region>-<n>): the region's database, SIP edge, media
 # relay, API and salt-master. Formulas in the order they run.
 include:
+  - wireguard
   - network
   - postgres
   - pgbouncer

@@ -1,4 +1,5 @@
 # The Kamailio standby (kam-<region>-<n>): a second SIP edge.
 include:
+  - wireguard
   - kamailio
   - keepalived

@@ -1,2 +1,3 @@
 # The PostgreSQL streaming replica (pgrep-<region>-<n>): common only, for now.
-include: []
+include:
+  - wireguard

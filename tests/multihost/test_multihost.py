@@ -21,7 +21,7 @@ STATE = Path("/var/lib/gopbx-mlab")
 # Each role's services, as systemd units (and whatever later roles add).
 SERVICES = {
     "coord-syd-1": ["postgresql@15-main", "pgbouncer", "redis-server", "kamailio", "rtpengine-daemon", "nginx",
-                    "gopbx-api", "gopbx-call-events", "salt-master"],
+                    "gopbx-api", "gopbx-call-events", "salt-master", "knot"],
     "kam-mel-1": ["kamailio"],
     "pgrep-syd-1": [],
     "fs-syd-1": ["freeswitch"],  # the named double of FreeSWITCH (lab/salt/freeswitch_double)

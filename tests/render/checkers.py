@@ -295,6 +295,33 @@ def check_freeswitch(files, config_dir="/etc/freeswitch"):
     return document, variables
 
 
+def check_keepalived(conf, directory, interfaces=("wg-gopbx", "enp1s0")):
+    """
+    `keepalived --config-test` on the rendered config, its scripts copied where it
+    can check them, in a network namespace made for it where its INTERFACES exist
+    (it checks they do; loopback can't carry VRRP).
+    """
+    namespace = f"gopbx-ka-check-{os.getpid()}"
+    libexec = Path(tempfile.mkdtemp(prefix="gopbx-check-", dir="/run"))
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    try:
+        for interface in interfaces:
+            subprocess.run(["ip", "-n", namespace, "link", "add", interface, "type", "bridge"], check=True)
+        libexec.chmod(0o755)
+        for script in (Path(__file__).resolve().parents[2] / "salt/keepalived/files/libexec").iterdir():
+            shutil.copy(script, libexec / script.name)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "keepalived.conf").write_text(conf.replace("/usr/local/lib/gopbx", str(libexec)))
+        result = subprocess.run(["ip", "netns", "exec", namespace, "keepalived",
+                                 f"--config-test={directory / 'test.log'}", "-f", str(directory / "keepalived.conf")],
+                                capture_output=True, text=True, check=False, timeout=30)
+        return result, (directory / "test.log").read_text() if (directory / "test.log").exists() else ""
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace], check=False)
+        shutil.rmtree(libexec, ignore_errors=True)
+
+
 def serve_knot(conf, zones, directory):
     """
     knotd on the rendered knot.conf, moved to a free loopback port with its files

@@ -41,7 +41,9 @@ def env(tmp_path_factory):
     (site / "au.sls").write_text(json.dumps({"postgres": {"replicas": [AU_REPLICA]},
                                              "freeswitch": {"node_address": FS_ADDRESS},
                                              "keepalived": AU_EDGE_SITE,
-                                             "dns": {"addresses": {"sip-mel": "45.76.112.9"}}}))
+                                             "dns": {"addresses": {"sip-mel": "45.76.112.9"}},
+                                             "wireguard": {"hosts": {"kam-mel-1": {"endpoint": "45.76.112.9"},
+                                                                     "pgrep-syd-1": {"endpoint": AU_REPLICA}}}}))
     config = write_minion_config(tmp / "etc", tmp / "secrets.sls", tmp / "pillar")
     # A media node derives its xml_curl password from its minion key.
     pki = tmp / "etc" / "root" / "etc" / "salt" / "pki" / "minion"
@@ -104,8 +106,9 @@ def test_every_role_renders_its_formulas(lowstate, minion_id):
     # The lab never runs ufw on the host it shares (firewall:enabled false).
     expected = {"common"} if minion_id.startswith("lab-") else {"common", "firewall"}
     if ROLE_OF[minion_id] == "coordinator":
-        expected |= {"postgres", "pgbouncer", "redis", "rtpengine", "kamailio", "keepalived", "dns", "api", "nginx",
-                     "salt_master"}
+        expected |= {"postgres", "pgbouncer", "redis", "rtpengine", "kamailio", "dns", "api", "nginx", "salt_master"}
+        # One host has no VRRP partner: the single-host lab runs no Keepalived.
+        expected |= set() if minion_id.startswith("lab-") else {"keepalived"}
         # The lab's plan is on loopback: the network formula has nothing to do there;
         # and the lab runs SIPp stand-ins where production has FreeSWITCH nodes.
         expected |= {"media_standin"} if minion_id.startswith("lab-") else {"network"}
@@ -200,15 +203,20 @@ def test_every_host_takes_its_salt_masters_packets_from_the_private_networks_onl
     for minion_id in ("coord-syd-1", "kam-mel-1", "fs-syd-1", "pgrep-syd-1"):
         master = [(chunk["src"], chunk["sport"], chunk["proto"]) for chunk in lowstate(minion_id)
                   if chunk["state"] == "ufw" and "sport" in chunk]
-        assert sorted(master) == [("10.28.0.0/20", "4505:4506", "tcp"), ("172.28.0.0/24", "4505:4506", "tcp")]
+        # The WireGuard mesh's hosts take them through the tunnel too; media nodes are not on it.
+        mesh = [] if minion_id.startswith("fs-") else [("10.29.0.0/24", "4505:4506", "tcp")]
+        assert sorted(master) == sorted([("10.28.0.0/20", "4505:4506", "tcp"),
+                                         ("172.28.0.0/24", "4505:4506", "tcp"), *mesh])
 
 
 def test_the_firewall_opens_the_seeds_public_ports_and_control_ports_only_privately(lowstate):
     private = ("172.28.0.0/24", "10.28.0.0/20")
     coordinator = firewall_rules(lowstate, "coord-syd-1")
-    public = {"22/tcp", "80/tcp", "443/tcp", "5060/udp", "5060/tcp", "5061/tcp", "16384:32768/udp"}
+    # 51820/udp: the WireGuard mesh, whose tunnel network reaches the control ports too.
+    public = {"22/tcp", "80/tcp", "443/tcp", "5060/udp", "5060/tcp", "5061/tcp", "16384:32768/udp", "51820/udp"}
     control = {"2223/udp", "5432/tcp", "6379/tcp", "8080/tcp", "4505:4506/tcp"}
-    assert coordinator == {("any", port) for port in public} | {(net, port) for net in private for port in control}
+    assert coordinator == {("any", port) for port in public} | {
+        (net, port) for net in (*private, "10.29.0.0/24") for port in control}
     # Media nodes: SSH in public; SIP, the event socket and media from the private networks only.
     assert firewall_rules(lowstate, "fs-syd-1") == {("any", "22/tcp")} | {
         (net, port) for net in private for port in ("5080/udp", "5080/tcp", "8021/tcp", "16384:32768/udp")}
@@ -582,3 +590,34 @@ def _answers(port, name, record_type):
         return checkers.kdig(port, name, record_type)
     except subprocess.CalledProcessError:
         return []
+
+
+def test_vrrp_is_taken_from_the_keepalived_peers_alone(lowstate):
+    def vrrp(minion_id):
+        return sorted(chunk["src"] for chunk in lowstate(minion_id)
+                      if chunk["state"] == "ufw" and chunk.get("proto") == "vrrp")
+
+    assert vrrp("coord-syd-1") == ["10.29.0.2"] and vrrp("kam-mel-1") == ["10.29.0.1"]
+    assert vrrp("fs-syd-1") == [] and vrrp("pgrep-syd-1") == []
+
+
+def test_keepalived_is_accepted_by_keepalived_and_sends_adverts_over_the_mesh(rendered, tmp_path):
+    for minion_id, me, peer in (("coord-syd-1", "10.29.0.1", "10.29.0.2"), ("kam-mel-1", "10.29.0.2", "10.29.0.1")):
+        conf = rendered(minion_id)["/etc/keepalived/keepalived.conf"]
+        assert "interface wg-gopbx" in conf and f"unicast_src_ip {me}" in conf and f"        {peer}\n" in conf
+        assert "advert_int 0.1" in conf and "state BACKUP" in conf
+        checked, log = checkers.check_keepalived(conf, tmp_path / minion_id)
+        assert checked.returncode == 0 and log == "", log
+    # Only Sydney's host holds Sydney's reserved IP; Melbourne is reached by the SIP name.
+    assert "103.43.75.51/32 dev enp1s0" in rendered("coord-syd-1")["/etc/keepalived/keepalived.conf"]
+    assert "103.43.75.51" not in rendered("kam-mel-1")["/etc/keepalived/keepalived.conf"]
+    edge = json.loads(rendered("kam-mel-1")["/etc/gopbx/edge.json"])
+    assert edge["location"] == "mel" and edge["public_address"] == "45.76.112.9" and edge["api_key"]
+
+
+def test_the_mesh_lists_its_peers_once_the_mine_has_their_keys(rendered):
+    conf = rendered("coord-syd-1")["/etc/wireguard/wg-gopbx.conf"]
+    assert "Address = 10.29.0.1/24" in conf and "ListenPort = 51820" in conf
+    assert "PostUp = wg set %i private-key /etc/wireguard/wg-gopbx.key" in conf and "PrivateKey" not in conf
+    # No minion has published its key here (masterless): each peer waits for its next highstate.
+    assert "# kam-mel-1: no well-formed public key in the mine yet" in conf and "[Peer]" not in conf

@@ -11,7 +11,7 @@ import pytest
 from tests.support import REPO, lab_secrets
 
 LAB_CONFIG = REPO / ".lab" / "etc" / "salt"
-PLAN = {"postgres": "127.28.0.10", "redis": "127.28.0.11", "pgbouncer": "127.28.0.12"}
+PLAN = {"postgres": "127.28.0.10", "redis": "127.28.0.11", "pgbouncer": "127.28.0.12", "dns": "127.28.0.53"}
 
 
 @pytest.fixture(scope="session")
