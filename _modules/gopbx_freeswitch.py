@@ -14,11 +14,14 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import json
 import os
 
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "gopbx_freeswitch"
+# What the node announced last (freeswitch/ready.sls writes it before the event), in its cache.
+ANNOUNCEMENT = os.path.join("gopbx", "freeswitch-announcement.json")
 # The API's stored form (gopbx_api.passwords): pbkdf2_sha256$<iterations>$<salt>$<digest>.
 PBKDF2_ITERATIONS = 200_000
 
@@ -80,3 +83,24 @@ def private_address(network):
             if ipaddress.ip_address(address) in wanted:
                 return address
     raise CommandExecutionError(f"this node has no address inside {network} (pillar freeswitch:node_network)")
+
+
+def announcement():
+    """
+    What this node announced in its last ``gopbx/freeswitch/ready`` event (address,
+    capacity, xml_curl_password_hash), or None. The master's register runner asks
+    the node itself: an event's payload, and in Salt's batched form even the id it
+    carries, are the sender's to write.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt fs-syd-1 gopbx_freeswitch.announcement
+    """
+    try:
+        with open(os.path.join(__opts__["cachedir"], ANNOUNCEMENT), encoding="utf-8") as handle:  # noqa: F821
+            value = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

@@ -9,9 +9,12 @@ GoPBX's master-side operations on FreeSWITCH media nodes.
 ``register`` is what the reactor calls when a node fires ``gopbx/freeswitch/ready``
 after its first successful highstate. Nothing in the event is trusted: the minion id
 must be ``fs-<region>-<n>`` with an accepted key, the address must lie inside the
-allowed networks, and the dispatcher set is chosen here (the master's placement in
-``gopbx:placement``, else the least-loaded set of the node's region), never taken
-from the node. A refused event is logged and changes nothing.
+allowed networks, the node so named must itself say it announced exactly this
+(``gopbx_freeswitch.announcement``, asked over its own key: in Salt's batched event
+form a minion writes even the id a reactor sees), and the dispatcher set is chosen
+here (the master's placement in ``gopbx:placement``, else the least-loaded set of
+the node's region), never taken from the node. A refused event is logged and
+changes nothing.
 
 Settings come from the master's configuration, key ``gopbx``: ``database_dsn`` (the
 gopbx_salt role through pgBouncer), ``kamailio_rpc_url``, ``redis_url`` (live calls,
@@ -33,6 +36,7 @@ import os
 import re
 import time
 
+import salt.client
 import salt.cloud
 import salt.key
 import salt.utils.files
@@ -145,6 +149,19 @@ def _check_ready_event(event, settings):
     return (minion_id, str(address), capacity, password_hash), None
 
 
+def _announcement(minion_id):
+    """What the node itself says it announced (gopbx_freeswitch.announcement), asked over its own key."""
+    client = salt.client.get_local_client(__opts__["conf_file"])  # noqa: F821
+    answer = (client.cmd(minion_id, "gopbx_freeswitch.announcement", timeout=10) or {}).get(minion_id)
+    if not isinstance(answer, dict):
+        return None
+    return {key: answer.get(key) for key in ("address", "capacity", "xml_curl_password_hash")}
+
+
+def _summary(announced):
+    return "nothing" if announced is None else f"address {announced.get('address')}"
+
+
 def _placement(cursor, settings, minion_id):
     """The set this node serves: the master's placement, else its region's least-loaded set."""
     chosen = (settings.get("placement") or {}).get(minion_id)
@@ -181,6 +198,10 @@ def register(event=None):
     if reason:
         return _refuse(event.get("id") if isinstance(event, dict) else None, reason)
     minion_id, address, capacity, password_hash = checked
+    announced = _announcement(minion_id)
+    if announced != {"address": address, "capacity": capacity, "xml_curl_password_hash": password_hash}:
+        return _refuse(minion_id, f"{minion_id} itself announces {_summary(announced)}, not this event's "
+                                  f"address {address} and hash")
     destination = f"sip:{address}:{settings.get('sip_port', 5080)}"
     with _connect(settings) as conn, conn.cursor() as cursor:
         setid = _placement(cursor, settings, minion_id)

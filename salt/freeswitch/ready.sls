@@ -10,13 +10,24 @@
 {#- In the minion's cache: if it is ever cleared, the node just announces itself again. #}
 {%- set marker = opts.cachedir ~ '/gopbx/freeswitch-ready' %}
 
+{#- Written first: the master's runner asks the node what it announced
+    (gopbx_freeswitch.announcement) before it believes an event naming it. #}
+freeswitch-ready-announcement-written:
+  file.managed:
+    - name: {{ opts.cachedir }}/gopbx/freeswitch-announcement.json
+    - contents: {{ ready | json | json }}
+    - makedirs: True
+    - mode: '0644'
+    - require:
+      - sls: freeswitch
+
 freeswitch-ready-event-sent:
   event.send:
     - name: gopbx/freeswitch/ready
     - data: {{ ready | json }}
     - unless: test "$(cat {{ marker }} 2>/dev/null)" = "{{ fingerprint }}"
     - require:
-      - sls: freeswitch
+      - file: freeswitch-ready-announcement-written
 
 freeswitch-ready-recorded:
   file.managed:

@@ -7,6 +7,7 @@ lab's real PostgreSQL (through pgBouncer, as gopbx_salt) and Kamailio.
 import json
 import statistics
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -93,7 +94,16 @@ def minion(master, minion_id):
     return master.salt_minion_daemon(minion_id, overrides={"master": "127.0.0.1"})
 
 
+def announce(factory, payload):
+    """What freeswitch/ready.sls writes before its event: the master asks the node for it."""
+    path = Path(factory.config["cachedir"]) / "gopbx" / "freeswitch-announcement.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({key: payload.get(key) for key in ("address", "capacity", "xml_curl_password_hash")}))
+
+
 def fire(factory, payload):
+    assert factory.salt_call_cli().run("saltutil.sync_modules").returncode == 0
+    announce(factory, payload)
     result = factory.salt_call_cli().run("event.send", TAG, json.dumps(payload))
     assert result.returncode == 0, result.stderr
 
@@ -148,6 +158,8 @@ def test_a_node_announces_itself_after_its_first_good_highstate(master, secrets)
         first = apply_ready(node, "127.28.5.1")
         assert first.returncode == 0, first.stdout
         assert changed(first) == ["event_|-freeswitch-ready-event-sent_|-gopbx/freeswitch/ready_|-send",
+                                  "file_|-freeswitch-ready-announcement-written_|-" + node.config["cachedir"]
+                                  + "/gopbx/freeswitch-announcement.json_|-managed",
                                   "file_|-freeswitch-ready-recorded_|-" + node.config["cachedir"]
                                   + "/gopbx/freeswitch-ready_|-managed"]
         assert wait_for(lambda: "sip:127.28.5.1:5080" in dispatcher_uris()), "never reached Kamailio's dispatcher"
@@ -212,6 +224,29 @@ def test_a_stranger_or_a_malformed_event_changes_nothing(master, secrets):
                                                                                     "capacity": 10}})).data
     assert refused["registered"] is False and refused["reason"] == "the minion's key is not accepted"
     assert run.run("gopbx.register", event="{not json").data["reason"] == "the event is not JSON"
+
+
+def test_a_node_announcing_for_another_is_refused_by_that_node(master, secrets):
+    # Salt's batched event form lets a minion write the id a reactor sees: fs-syd-8
+    # claims to be fs-syd-6 at its own address. The runner asks fs-syd-6, which
+    # announced something else; a node that is down (fs-syd-1, accepted above) announces nothing.
+    victim, forger = minion(master, "fs-syd-6"), minion(master, "fs-syd-8")
+    log_file = master.config["log_file"]
+    with victim.started(), forger.started():
+        fire(victim, {"address": "127.28.5.6", "capacity": 20, "xml_curl_password_hash": HASH})
+        assert wait_for(lambda: "sip:127.28.5.6:5080" in dispatcher_uris())
+        before = node_rows(secrets)
+        for claimed, reason in (("fs-syd-6", "fs-syd-6 itself announces address 127.28.5.6, not this event's "
+                                             "address 127.28.5.8"),
+                                ("fs-syd-1", "fs-syd-1 itself announces nothing")):
+            forged = {"id": claimed, "tag": TAG, "data": {"address": "127.28.5.8", "capacity": 10,
+                                                          "xml_curl_password_hash": HASH}}
+            preload = json.dumps({"events": [{"tag": TAG, "data": forged}]})
+            forger.salt_call_cli().run("event.fire_master", "{}", "gopbx/ignored", f"preload={preload}")
+            assert wait_for(lambda: reason in open(log_file, errors="replace").read(), timeout=60), reason
+    assert node_rows(secrets) == before
+    assert "sip:127.28.5.8:5080" not in dispatcher_uris()
+    assert master.salt_run_cli().run("gopbx.deregister", "fs-syd-6").data["deregistered"] is True
 
 
 def test_drain_and_deregister_take_a_node_out(master, secrets):
