@@ -536,10 +536,15 @@ def test_a_lab_node_runs_the_named_double_in_place_of_the_freeswitch_package(env
 def test_freeswitch_node_announces_itself_after_its_formula(env, lowstate):
     chunks = lowstate("fs-syd-1")
     event = next(chunk for chunk in chunks if chunk["state"] == "event")
-    assert event["name"] == "gopbx/freeswitch/ready" and event["require"] == [{"sls": "freeswitch"}]
+    written = next(chunk for chunk in chunks if chunk["__id__"] == "freeswitch-ready-announcement-written")
+    # What it announces is written first (the master asks the node for it), after the formula.
+    assert written["require"] == [{"sls": "freeswitch"}]
+    assert event["name"] == "gopbx/freeswitch/ready" and event["require"] == [
+        {"file": "freeswitch-ready-announcement-written"}]
     _, credentials = salt_call(env["config"], "gopbx_freeswitch.xml_curl_credentials", minion_id="fs-syd-1")
     assert event["data"] == {"address": FS_ADDRESS, "capacity": 200,
                              "xml_curl_password_hash": credentials["password_hash"]}
+    assert json.loads(written["contents"]) == event["data"]
     assert chunks[-1]["__id__"] == "freeswitch-ready-recorded"
 
 
