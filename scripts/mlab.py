@@ -54,6 +54,8 @@ PACKAGE_SERVICES = ["postgresql", "pgbouncer", "redis-server", "kamailio", "rtpe
                     "keepalived", "knot"]
 # The Vultr double's port on the coordinator (the lab's salt-cloud talks to it).
 VULTR_DOUBLE_PORT = 8099
+# The region's internal service network (pillar/regions/au.sls network:internal:cidr).
+PLAN_NETWORK = "172.28.0.0/24"
 # Bump when build_template changes what it makes.
 TEMPLATE_VERSION = "2"
 
@@ -171,14 +173,23 @@ def write(root, path, text, mode=0o644):
     target.chmod(mode)
 
 
+def on_mesh(name):
+    """The hosts on the region's WireGuard mesh (the wireguard formula's roles)."""
+    return name.startswith(("coord-", "kam-", "pgrep-"))
+
+
 def network_config(name):
-    """systemd-networkd for the machine's end of its veth; the coordinator routes the plan."""
+    """
+    systemd-networkd for the machine's end of its veth. Mesh hosts reach the plan
+    only through the mesh; media nodes (in the VPC, not on the mesh) through the
+    coordinator, which routes it for them.
+    """
     address = TOPOLOGY["machines"][name]
     lines = ["[Match]", "Name=eth0", "", "[Network]", f"Address={address}/{prefix_length()}", "LinkLocalAddressing=no"]
     if name == coordinator():
         lines.append("IPForward=ipv4")
-    else:
-        lines += ["", "[Route]", "Destination=172.28.0.0/24", f"Gateway={TOPOLOGY['machines'][coordinator()]}"]
+    elif not on_mesh(name):
+        lines += ["", "[Route]", f"Destination={PLAN_NETWORK}", f"Gateway={TOPOLOGY['machines'][coordinator()]}"]
     return "\n".join(lines) + "\n"
 
 
@@ -232,8 +243,11 @@ def site_pillar():
         "nginx: {certificate: self_signed, extra_listen_addresses: []}",
         "# The SIP edge pair needs the private mesh and each host's own RTPEngine first.",
         "keepalived: {enabled: false}",
-        "wireguard: {enabled: false, hosts: {kam-mel-1: {endpoint: " + machines["kam-mel-1"] + "}, "
-        "pgrep-syd-1: {endpoint: " + machines["pgrep-syd-1"] + "}}}",
+        "# The mesh over the lab network, in wireguard-go (this kernel has no WireGuard module).",
+        "# Until each Kamailio host runs its own services, the coordinator carries the whole plan.",
+        "wireguard: {userspace: true, hosts: {coord-syd-1: {endpoint: " + coord + ", routes: ["
+        + PLAN_NETWORK + "]}, kam-mel-1: {endpoint: " + machines["kam-mel-1"] + "}, pgrep-syd-1: {endpoint: "
+        + machines["pgrep-syd-1"] + "}}}",
         "# The zone served by Knot on the coordinator, each site's SIP name at its lab address.",
         "dns: {server: knot, zone: gopbx.mlab.invalid, nameservers: [ns1.gopbx.mlab.invalid],",
         "      hostmaster: hostmaster.gopbx.mlab.invalid, addresses: {api: " + coord + ", sip: " + coord
@@ -422,6 +436,11 @@ def highstate():
     """
     started = time.monotonic()
     salt_json("salt", "*", "saltutil.sync_all")
+    # The mesh first, as on a new region: every mesh host makes its key and publishes
+    # it (the mine), so the highstate below lists every peer.
+    mesh = ",".join(name for name in TOPOLOGY["machines"] if on_mesh(name))
+    salt_json("salt", "-L", mesh, "state.apply", "wireguard", "--timeout=300")
+    salt_json("salt", "-L", mesh, "mine.update")
     returned = salt_json("salt", coordinator(), "state.apply", "--timeout=900")
     returned.update(salt_json("salt", "-C", f"* and not {coordinator()}", "state.apply", "--timeout=900"))
     summary = {}

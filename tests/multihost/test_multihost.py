@@ -21,9 +21,9 @@ STATE = Path("/var/lib/gopbx-mlab")
 # Each role's services, as systemd units (and whatever later roles add).
 SERVICES = {
     "coord-syd-1": ["postgresql@15-main", "pgbouncer", "redis-server", "kamailio", "rtpengine-daemon", "nginx",
-                    "gopbx-api", "gopbx-call-events", "salt-master", "knot"],
-    "kam-mel-1": ["kamailio"],
-    "pgrep-syd-1": [],
+                    "gopbx-api", "gopbx-call-events", "salt-master", "knot", "wg-quick@wg-gopbx"],
+    "kam-mel-1": ["kamailio", "wg-quick@wg-gopbx"],
+    "pgrep-syd-1": ["wg-quick@wg-gopbx"],
     "fs-syd-1": ["freeswitch"],  # the named double of FreeSWITCH (lab/salt/freeswitch_double)
     "fs-syd-2": ["freeswitch"],
 }
@@ -102,9 +102,41 @@ def test_each_machine_holds_only_the_secrets_of_its_roles(lab, name):
 
 
 def test_machines_reach_the_coordinators_services(lab):
-    # The standby's Kamailio uses the coordinator's pgBouncer and Redis, routed over the lab network.
+    # The standby's Kamailio uses the coordinator's pgBouncer and Redis, through the mesh.
     result = mlab("run", "kam-mel-1", "bash", "-c", "exec 3<>/dev/tcp/172.28.0.12/5432 && echo open")
     assert result.stdout.strip() == "open", result.stderr
+
+
+MESH = ["coord-syd-1", "kam-mel-1", "pgrep-syd-1"]
+
+
+@pytest.mark.parametrize("name", ["kam-mel-1", "pgrep-syd-1", "fs-syd-1"])
+def test_mesh_hosts_reach_the_plan_only_through_the_mesh(lab, name):
+    route = mlab("run", name, "ip", "route", "get", "172.28.0.12").stdout
+    if name in MESH:
+        assert "dev wg-gopbx" in route, route
+        handshakes = mlab("run", name, "wg", "show", "wg-gopbx", "latest-handshakes").stdout.split()
+        coordinator_key = mlab("run", "coord-syd-1", "salt-call", "--local", "--out=json",
+                               "gopbx_wireguard.public_key").stdout
+        assert json.loads(coordinator_key)["local"] in handshakes
+    else:
+        # Media nodes are not on the mesh: the VPC, through the coordinator.
+        assert "dev eth0" in route and "via 10.28.0.2" in route, route
+
+
+def test_each_mesh_hosts_private_key_stays_on_it(lab):
+    keys = {name: mlab("run", name, "cat", "/etc/wireguard/wg-gopbx.key").stdout.strip() for name in MESH}
+    assert all(len(key) == 44 for key in keys.values()), keys
+    # The master's mine holds the public halves, and each is the host's own.
+    mine = master_json("salt", "coord-syd-1", "mine.get", ",".join(MESH), "gopbx_wireguard.public_key", "list")
+    for name in MESH:
+        derived = mlab("run", name, "sh", "-c", "wg pubkey < /etc/wireguard/wg-gopbx.key").stdout.strip()
+        assert mine["coord-syd-1"][name] == derived
+    for name in TOPOLOGY["machines"]:
+        others = [key for host, key in keys.items() if host != name]
+        found = mlab("run", name, "grep", "-rlF", *[arg for key in others for arg in ("-e", key)],
+                     "/etc", "/var/cache/salt", "/var/lib/salt", "/opt", "/srv", "/root")
+        assert found.stdout == "", (name, found.stdout)
 
 
 def test_media_nodes_register_through_the_masters_reactor_on_their_first_highstate(lab):
