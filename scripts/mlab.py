@@ -435,12 +435,14 @@ def highstate():
     from), then every other machine at once. {minion: (states, changed, failed)}.
     """
     started = time.monotonic()
-    salt_json("salt", "*", "saltutil.sync_all")
+    salt_json("salt", "*", "saltutil.sync_all", "--timeout=300")
     # The mesh first, as on a new region: every mesh host makes its key and publishes
     # it (the mine), so the highstate below lists every peer.
     mesh = ",".join(name for name in TOPOLOGY["machines"] if on_mesh(name))
-    salt_json("salt", "-L", mesh, "state.apply", "wireguard", "--timeout=300")
-    salt_json("salt", "-L", mesh, "mine.update")
+    for minion, states in salt_json("salt", "-L", mesh, "state.apply", "wireguard", "--timeout=300").items():
+        if not isinstance(states, dict) or not all(state.get("result") for state in states.values()):
+            log(f"the mesh on {minion} did not come up first: {str(states)[:2000]}")
+    salt_json("salt", "-L", mesh, "mine.update", "--timeout=120")
     returned = salt_json("salt", coordinator(), "state.apply", "--timeout=900")
     returned.update(salt_json("salt", "-C", f"* and not {coordinator()}", "state.apply", "--timeout=900"))
     summary = {}

@@ -46,11 +46,30 @@ wireguard-config-managed:
     - require:
       - cmd: wireguard-private-key-made
 
+{#- A new peer is added by a reload (wg syncconf), which keeps the tunnels up: a
+    restart would drop them, and VRRP's adverts with them. #}
+wireguard-reload-managed:
+  file.managed:
+    - names:
+      - /usr/local/lib/gopbx/wg-reload:
+        - source: salt://wireguard/files/wg-reload
+        - mode: '0755'
+      - /etc/systemd/system/wg-quick@{{ wireguard.interface }}.service.d/gopbx.conf:
+        - contents: |
+            # Managed by Salt (wireguard formula): keep the private key across reloads.
+            [Service]
+            ExecReload=
+            ExecReload=/usr/local/lib/gopbx/wg-reload /etc/wireguard/%i.conf
+        - mode: '0644'
+    - makedirs: True
+
 wireguard-interface-running:
   service.running:
     - name: wg-quick@{{ wireguard.interface }}
     - enable: True
     - reload: True
+    - require:
+      - file: wireguard-reload-managed
     - watch:
       - file: wireguard-config-managed
 {%- endif %}

@@ -104,10 +104,21 @@ def test_the_mesh_carries_the_plan_addresses_between_hosts(hosts):
     assert f"dev {b['interface']}" in route, route
     server = subprocess.Popen(["ip", "netns", "exec", a["netns"], "python3", "-m", "http.server", "--bind", POSTGRES,
                                "5432"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def reached():
+        return run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2",
+                   f"http://{POSTGRES}:5432/", netns=b["netns"], check=False).stdout == "200"
+
     try:
-        assert wait_for(lambda: run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2",
-                                    f"http://{POSTGRES}:5432/", netns=b["netns"], check=False).stdout == "200",
-                        timeout=20), "the coordinator's plan address is not reachable through the mesh"
+        assert wait_for(reached, timeout=20), "the coordinator's plan address is not reachable through the mesh"
+        # A reload (the formula's, for a changed peer list) keeps the key and the tunnels.
+        conf = a["key_dir"] / f"{a['interface']}.conf"
+        conf.write_text(conf.read_text().replace("PersistentKeepalive = 25", "PersistentKeepalive = 15"))
+        reloaded = run(FORMULA / "files" / "wg-reload", conf, netns=a["netns"], check=False)
+        assert reloaded.returncode == 0, reloaded.stderr
+        shown = run("wg", "show", a["interface"], netns=a["netns"]).stdout
+        assert f"public key: {published['coord-syd-1']}" in shown and "every 15 seconds" in shown, shown
+        assert reached(), "the mesh stopped carrying traffic after a reload"
     finally:
         server.terminate()
         server.wait(timeout=10)
