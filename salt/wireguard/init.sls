@@ -48,20 +48,25 @@ wireguard-config-managed:
 
 {#- A new peer is added by a reload (wg syncconf), which keeps the tunnels up: a
     restart would drop them, and VRRP's adverts with them. #}
+wireguard-reload-script-managed:
+  file.managed:
+    - name: /usr/local/lib/gopbx/wg-reload
+    - source: salt://wireguard/files/wg-reload
+    - mode: '0755'
+    - makedirs: True
+
 wireguard-reload-managed:
   file.managed:
-    - names:
-      - /usr/local/lib/gopbx/wg-reload:
-        - source: salt://wireguard/files/wg-reload
-        - mode: '0755'
-      - /etc/systemd/system/wg-quick@{{ wireguard.interface }}.service.d/gopbx.conf:
-        - contents: |
-            # Managed by Salt (wireguard formula): keep the private key across reloads.
-            [Service]
-            ExecReload=
-            ExecReload=/usr/local/lib/gopbx/wg-reload /etc/wireguard/%i.conf
-        - mode: '0644'
+    - name: /etc/systemd/system/wg-quick@{{ wireguard.interface }}.service.d/gopbx.conf
+    - contents: |
+        # Managed by Salt (wireguard formula): keep the private key across reloads.
+        [Service]
+        ExecReload=
+        ExecReload=/usr/local/lib/gopbx/wg-reload /etc/wireguard/%i.conf
+    - mode: '0644'
     - makedirs: True
+    - require:
+      - file: wireguard-reload-script-managed
 
 wireguard-interface-running:
   service.running:

@@ -114,6 +114,9 @@ def test_every_role_renders_its_formulas(lowstate, minion_id):
         expected |= {"media_standin"} if minion_id.startswith("lab-") else {"network"}
     if ROLE_OF[minion_id] == "kamailio-standby":
         expected |= {"kamailio", "keepalived"}
+    # The region's WireGuard mesh: every host but the media nodes (none in the single-host lab).
+    if ROLE_OF[minion_id] in ("coordinator", "kamailio-standby", "pg-replica") and not minion_id.startswith("lab-"):
+        expected |= {"wireguard"}
     if ROLE_OF[minion_id] == "freeswitch":
         expected |= {"freeswitch", "freeswitch.ready"}
     assert formulas == expected
