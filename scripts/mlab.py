@@ -428,6 +428,24 @@ def accept_keys(timeout=180):
         log(f"left unaccepted (not in the topology): {', '.join(sorted(strangers))}")
 
 
+def wait_for_minions(timeout=300):
+    """
+    Until every machine's minion answers: a freshly accepted minion retries its
+    authentication only every few seconds, and `salt '*'` leaves out any minion
+    that has not answered its presence ping (its modules would go unsynced).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        answered = {minion for minion, pong in salt_json("salt", "*", "test.ping", "--timeout=10").items()
+                    if pong is True}
+        missing = set(TOPOLOGY["machines"]) - answered
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"mlab: no answer from {', '.join(sorted(missing))} after {timeout} s")
+        time.sleep(2)
+
+
 def highstate():
     """
     The highstate from the master, the coordinator first (a region comes up from its
@@ -435,6 +453,7 @@ def highstate():
     from), then every other machine at once. {minion: (states, changed, failed)}.
     """
     started = time.monotonic()
+    wait_for_minions()
     salt_json("salt", "*", "saltutil.sync_all", "--timeout=300")
     # The mesh first, as on a new region: every mesh host makes its key and publishes
     # it (the mine), so the highstate below lists every peer.
