@@ -352,21 +352,25 @@ def _check_pgbouncer(merged, pillar):
         _fail("pgbouncer:default_pool_size", "must not exceed pgbouncer:max_db_connections")
 
 
-def _check_keepalived(merged):
+def _check_host_map(key, hosts, unique, what):
+    """A map of hosts by minion id (keepalived:peers, wireguard:hosts): this host in it, UNIQUE fields unshared."""
     minion_id = __opts__.get("id")  # noqa: F821  (a loader dunder)
-    peers = merged["peers"]
-    if minion_id not in peers:
-        _fail("keepalived:peers", f"must list this host ({minion_id}): its address, priority and location")
-    priorities = [peer["priority"] for peer in peers.values()]
-    if len(set(priorities)) != len(priorities):
-        _fail("keepalived:peers", f"must give each host its own priority, got {priorities}")
-    addresses = [peer["address"] for peer in peers.values()]
-    if len(set(addresses)) != len(addresses):
-        _fail("keepalived:peers", f"must give each host its own address, got {addresses}")
+    if minion_id not in hosts:
+        _fail(key, f"must list this host ({minion_id}): {what}")
+    for field in unique:
+        values = [host[field] for host in hosts.values()]
+        if len(set(values)) != len(values):
+            _fail(key, f"must give each host its own {field}, got {values}")
+    return hosts[minion_id]
+
+
+def _check_keepalived(merged):
+    me = _check_host_map("keepalived:peers", merged["peers"], ("priority", "address"),
+                         "its address, priority and location")
+    minion_id = __opts__.get("id")  # noqa: F821  (a loader dunder)
     for key in ("sip_address", "sip_address_location", "dns:domain"):
         if not _lookup(merged, key):
             _fail(f"keepalived:{key}", "is missing: the SIP edge's public side needs it")
-    me = peers[minion_id]
     if me["location"] == merged["sip_address_location"]:
         if not merged["reserved_ip_id"] or not me.get("instance_id"):
             _fail("keepalived:reserved_ip_id" if not merged["reserved_ip_id"] else f"keepalived:peers:{minion_id}:"
@@ -378,18 +382,12 @@ def _check_keepalived(merged):
 
 
 def _check_wireguard(merged):
-    minion_id = __opts__.get("id")  # noqa: F821  (a loader dunder)
     hosts = merged["hosts"]
-    if minion_id not in hosts:
-        _fail("wireguard:hosts", f"must list this host ({minion_id}): its tunnel address and endpoint")
+    _check_host_map("wireguard:hosts", hosts, ("address", "endpoint"), "its tunnel address and endpoint")
     network = ipaddress.ip_network(merged["network"])
     for name, host in hosts.items():
         if ipaddress.ip_address(host["address"]) not in network:
             _fail(f"wireguard:hosts:{name}:address", f"is {host['address']}, outside wireguard:network ({network})")
-    for key in ("address", "endpoint"):
-        values = [host[key] for host in hosts.values()]
-        if len(set(values)) != len(values):
-            _fail("wireguard:hosts", f"must give each host its own {key}, got {values}")
 
 
 def _check_dns(merged, pillar):

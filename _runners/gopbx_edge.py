@@ -71,7 +71,6 @@ def _records():
 
 
 def _save(records):
-    os.makedirs(os.path.dirname(_records_path()), mode=0o700, exist_ok=True)
     with salt.utils.atomicfile.atomic_open(_records_path(), "w") as handle:
         json.dump(records, handle, indent=1, sort_keys=True)
 
@@ -153,10 +152,14 @@ def transition(event=None):
     said = (answers.get(minion_id) or {}).get("state")
     if said != claimed:
         return _refuse(minion_id, f"{minion_id} itself reports {said or 'nothing'}, not {claimed}")
-    records = _records()
-    records[minion_id] = {"state": claimed, "priority": priority, "holds_address": answers[minion_id]["holds_address"],
-                          "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    _save(records)
+    # The reactor runs runners in parallel: two hosts' transitions must not lose each other's record.
+    os.makedirs(os.path.dirname(_records_path()), mode=0o700, exist_ok=True)
+    with salt.utils.files.flopen(_records_path() + ".lock", "w"):
+        records = _records()
+        records[minion_id] = {"state": claimed, "priority": priority,
+                              "holds_address": answers[minion_id]["holds_address"],
+                              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        _save(records)
     log.warning("SIP edge: %s is %s (priority %s)", minion_id, claimed, priority)
     return {"recorded": True, "minion": minion_id, "state": claimed, **_report(answers)}
 
