@@ -45,7 +45,7 @@ SALT_WHEELS = "/var/cache/gopbx/salt-wheels"
 BASE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "iproute2", "ifupdown", "iputils-ping", "procps",
                  "ca-certificates", "curl", "python3", "python3-venv", "less"]
 ROLE_PACKAGES = ["rsyslog", "postgresql-15", "postgresql-client-15", "pgbouncer", "redis-server",
-                 "kamailio", "kamailio-postgres-modules", "kamailio-tls-modules", "kamailio-redis-modules",
+                 "kamailio", "kamailio-postgres-modules", "kamailio-tls-modules", "kamailio-sqlite-modules", "sqlite3",
                  "kamailio-xml-modules", "rtpengine-daemon", "nginx", "openssl", "sip-tester",
                  "python3-dev", "gcc", "libpq-dev", "logrotate", "ufw", "gnupg", "keepalived",
                  "wireguard-tools", "wireguard-go", "knot", "knot-dnsutils"]

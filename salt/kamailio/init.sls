@@ -26,7 +26,8 @@ kamailio-pkg-installed:
       - kamailio
       - kamailio-postgres-modules
       - kamailio-tls-modules
-      - kamailio-redis-modules
+      - kamailio-sqlite-modules
+      - sqlite3
       - kamailio-xml-modules
       - openssl
 
@@ -143,12 +144,38 @@ kamailio-database-reachable:
         attempts: 150
         interval: 2
 
+{#- This host's copy of registrations (usrloc writes back to it): made once from
+    the package's own schema, into a new file renamed into place, so a failed run
+    never leaves half a database for Kamailio to open. #}
+{%- set location_db = kamailio.location_db %}
+kamailio-location-db-dir-managed:
+  file.directory:
+    - name: {{ salt['file.dirname'](location_db) }}
+    - user: kamailio
+    - group: kamailio
+    - mode: '0750'
+    - require:
+      - pkg: kamailio-pkg-installed
+
+kamailio-location-db-created:
+  cmd.run:
+    - name: >-
+        rm -f {{ location_db }}.new &&
+        cat /usr/share/kamailio/db_sqlite/standard-create.sql /usr/share/kamailio/db_sqlite/usrloc-create.sql
+        | sqlite3 -bail {{ location_db }}.new &&
+        chown kamailio:kamailio {{ location_db }}.new && chmod 0600 {{ location_db }}.new &&
+        mv {{ location_db }}.new {{ location_db }}
+    - creates: {{ location_db }}
+    - require:
+      - file: kamailio-location-db-dir-managed
+
 kamailio-service-running:
   service.running:
     - name: kamailio
     - enable: True
     - require:
       - cmd: kamailio-database-reachable
+      - cmd: kamailio-location-db-created
     - watch:
       - file: kamailio-config-managed
       - file: kamailio-tls-config-managed

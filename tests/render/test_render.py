@@ -4,6 +4,7 @@ each rendered configuration is accepted by its own program.
 """
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -340,6 +341,35 @@ def test_kamailio_reaches_the_database_through_pgbouncer(env, rendered, minion_i
     pgbouncer = "127.28.0.12" if minion_id.startswith("lab-") else "172.28.0.12"
     assert '#!define DBURL "postgres://kamailio:' in cfg and f"@{pgbouncer}:5432/gopbx" in cfg
     assert _secrets(env, minion_id)["postgres"]["kamailio"] in cfg
+
+
+@pytest.mark.parametrize(("minion_id", "own", "peer"), [("coord-syd-1", "10.29.0.1", "10.29.0.2"),
+                                                       ("kam-mel-1", "10.29.0.2", "10.29.0.1")])
+def test_the_edge_pair_shares_state_over_dmq_on_its_private_addresses_only(rendered, minion_id, own, peer):
+    files = rendered(minion_id)
+    cfg = files["/etc/kamailio/kamailio.cfg"]
+    code, output = checkers.check_kamailio(cfg, files["/etc/kamailio/tls.cfg"])
+    assert code == 0 and f"udp: {own} [{own}]:5090" in output, output
+    assert f'modparam("dmq", "server_address", "sip:{own}:5090")' in cfg
+    assert re.findall(r'modparam\("dmq", "notification_address", "([^"]+)"\)', cfg) == [f"sip:{peer}:5090"]
+    for module in ("dmq_usrloc", "dialog", "htable"):
+        assert re.search(rf'modparam\("{module}", "(enable|enable_dmq)", 1\)', cfg), module
+    assert "ipban=>size=8;autoexpire=300;dmqreplicate=1;" in cfg and "rates=>" in cfg
+    # KDMQ is taken only on the DMQ socket, from the peer, and registrations never go to PostgreSQL.
+    assert f'if (is_method("KDMQ") && ($si == "{peer}") && dmq_is_from_node())' in cfg
+    assert f'if ($Rp != 5090 || $Ri != "{own}")' in cfg
+    assert '"usrloc", "db_url", LOCATION_DB' in cfg and '"usrloc", "db_mode", 2' in cfg
+    assert "ndb_redis" not in cfg and "redis" not in _secrets_of_config(cfg)
+
+
+def _secrets_of_config(cfg):
+    return " ".join(re.findall(r"pass=[^;\"]*", cfg))
+
+
+def test_a_single_kamailio_runs_without_dmq(rendered):
+    cfg = rendered("lab-coord-1")["/etc/kamailio/kamailio.cfg"]
+    assert not re.search(r'(?m)^(loadmodule "dmq|modparam\("dmq|listen=udp:.*:5090)', cfg)
+    assert "KDMQ" not in cfg and "dmqreplicate" not in cfg and "ndb_redis" not in cfg
 
 
 def test_kamailio_58_only_settings_are_guarded(rendered):

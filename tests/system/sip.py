@@ -39,6 +39,26 @@ def rpc(method, *params):
     return reply.get("result")
 
 
+def registered(aor):
+    """AOR's bindings as Kamailio holds them (usrloc): [{'Address': ..., 'Received': ...}, ...]."""
+    try:
+        found = rpc("ul.lookup", "location", aor)
+    except RuntimeError as error:
+        if "AOR not found" in str(error):
+            return []
+        raise
+    return [entry["Contact"] for entry in found["Contacts"]]
+
+
+def unregister_test_users():
+    """Remove every binding of the SIP tests' domains from Kamailio."""
+    for domain in rpc("ul.dump", "brief")["Domains"]:
+        for aor in domain["Domain"]["AoRs"]:
+            name = aor["AoR"]
+            if name.endswith(TEST_DOMAIN_SUFFIX):
+                rpc("ul.rm", "location", name)
+
+
 def md5(text):
     return hashlib.md5(text.encode()).hexdigest()
 
@@ -62,8 +82,7 @@ def remove_test_tenants(secrets):
         cur.execute("DELETE FROM domain_attrs WHERE did LIKE %s", (pattern,))
         cur.execute("DELETE FROM domain WHERE domain LIKE %s", (pattern,))
         cur.execute("DELETE FROM gopbx.tenants WHERE domain LIKE %s", (pattern,))
-    with db(secrets, "kamailio") as kamailio, kamailio.cursor() as cur:
-        cur.execute("DELETE FROM location WHERE domain LIKE %s", (pattern,))
+    unregister_test_users()
     with db(secrets, "gopbx_salt") as salt, salt.cursor() as cur:
         cur.execute("DELETE FROM dispatcher WHERE description LIKE 'systest%%'")
         cur.execute("DELETE FROM gopbx.dispatcher_sets WHERE description LIKE 'systest%%'")

@@ -165,9 +165,7 @@ def test_a_reply_matching_no_transaction_is_dropped(code, tenants, listener, pee
 # --- 4. registration amplification ---
 
 def locations(secrets, user):
-    with sip.db(secrets, "kamailio") as conn, conn.cursor() as cur:
-        cur.execute("SELECT contact, received FROM location WHERE username = %s AND domain = %s", (user, A))
-        return cur.fetchall()
+    return [(binding["Address"], binding.get("Received")) for binding in sip.registered(f"{user}@{A}")]
 
 
 # Each test's own extension (a random two-digit suffix collided between tests of one run).
@@ -179,8 +177,8 @@ def fresh_user(tenants):
     number = str(next(EXTENSION_NUMBERS))
     sip.add_extension(tenants, A, number, PASSWORD)
     yield number
-    with sip.db(tenants, "kamailio") as conn, conn.cursor() as cur:
-        cur.execute("DELETE FROM location WHERE username = %s AND domain = %s", (number, A))
+    if sip.registered(f"{number}@{A}"):
+        sip.rpc("ul.rm", "location", f"{number}@{A}")
 
 
 def test_more_contacts_than_allowed_are_refused_and_nothing_is_stored(tenants, fresh_user, peer_at):
