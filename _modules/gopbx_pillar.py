@@ -191,6 +191,11 @@ def network(pillar=None):
         services[name] = str(address)
     if not services:
         _fail("network:host_numbers", "must give each service its host number")
+    local = _lookup(plan, "internal:local_services")
+    if local is not None and (not isinstance(local, list) or not local
+                              or not all(isinstance(name, str) and name in services for name in local)):
+        _fail("network:internal:local_services", f"must list services of the plan ({', '.join(sorted(services))}), "
+              f"got {local!r}")
     result = copy.deepcopy(plan)
     result["services"] = services
     return result
@@ -295,6 +300,7 @@ def settings(formula, defaults=None, pillar=None, schema=None):
     if overrides is not None and not isinstance(overrides, dict):
         _fail(formula, f"must be a mapping of the {formula} formula's settings, got {overrides!r}")
     merged = salt.utils.dictupdate.merge(defaults, copy.deepcopy(overrides or {}), merge_lists=False)
+    _fill_from_edge(formula, merged, pillar)
     _check_schema(formula, merged, schema)
     _check_relations(formula, merged, pillar)
     plan = network(pillar)
@@ -304,6 +310,18 @@ def settings(formula, defaults=None, pillar=None, schema=None):
     # Masked in any output (templates still read the plain values).
     merged["secrets"] = salt.utils.secret.hide(_secrets(formula, declared, pillar))
     return merged
+
+
+def _fill_from_edge(formula, merged, pillar):
+    """
+    An edge host's own public address (keepalived:peers) is where its RTPEngine
+    relays media, unless rtpengine:interface_address says otherwise: each host of
+    the SIP edge pair runs its own RTPEngine on its own address.
+    """
+    if formula == "rtpengine" and not merged.get("interface_address"):
+        own = _lookup(pillar, f"keepalived:peers:{__opts__.get('id')}:public_address")  # noqa: F821
+        if own:
+            merged["interface_address"] = own
 
 
 def _check_relations(formula, merged, pillar):

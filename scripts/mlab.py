@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import yaml
@@ -54,6 +55,13 @@ PACKAGE_SERVICES = ["postgresql", "pgbouncer", "redis-server", "kamailio", "rtpe
                     "keepalived", "knot"]
 # The Vultr double's port on the coordinator (the lab's salt-cloud talks to it).
 VULTR_DOUBLE_PORT = 8099
+# The SIP edge's Vultr double: on the lab's segment (both Kamailio hosts reach it,
+# as they reach Vultr's API), holding both hosts' instances and the reserved SIP
+# address. Its ids are fixed, as the operator's site pillar names them.
+EDGE_DOUBLE = ("10.28.0.250", 8098)
+EDGE_HOSTS = {"coord-syd-1": 150, "kam-mel-1": 100}
+SIP_ADDRESS = "10.28.0.50"
+MESH = {"coord-syd-1": "10.29.0.1", "kam-mel-1": "10.29.0.2", "pgrep-syd-1": "10.29.0.3"}
 # The region's internal service network (pillar/regions/au.sls network:internal:cidr).
 PLAN_NETWORK = "172.28.0.0/24"
 # Bump when build_template changes what it makes.
@@ -224,10 +232,34 @@ def secrets_file():
         {"secrets": lab_secrets()}) + "\n"
 
 
+def vultr_id(name):
+    """A fixed Vultr id for the lab's instance or reserved IP NAME."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"gopbx-mlab:{name}"))
+
+
+def edge_world():
+    """What exists at (the double of) Vultr before the lab: the edge hosts and the reserved SIP address."""
+    return {"instances": [{"id": vultr_id(name), "label": name, "region": "syd", "main_ip": TOPOLOGY["machines"][name]}
+                          for name in EDGE_HOSTS],
+            "reserved_ips": [{"id": vultr_id("sip"), "region": "syd", "subnet": SIP_ADDRESS}],
+            "domains": ["gopbx.mlab.invalid"]}
+
+
+def edge_pillar():
+    """The SIP edge pair: both hosts on one segment, as a pair in one Vultr location is."""
+    machines = TOPOLOGY["machines"]
+    peers = {name: {"address": MESH[name], "priority": priority, "location": "syd", "instance_id": vultr_id(name),
+                    "public_address": machines[name]} for name, priority in EDGE_HOSTS.items()}
+    return {"public_interface": "eth0", "sip_address": SIP_ADDRESS, "sip_address_location": "syd",
+            "reserved_ip_id": vultr_id("sip"), "vultr_api_url": "http://%s:%d/v2" % EDGE_DOUBLE,
+            "dns": {"domain": "gopbx.mlab.invalid", "name": "sip", "ttl": 30}, "peers": peers}
+
+
 def site_pillar():
     """The deployment's site pillar for this topology: what differs from AU."""
     coord = TOPOLOGY["machines"][coordinator()]
     machines = TOPOLOGY["machines"]
+    edge = list(EDGE_HOSTS)
     return "\n".join([
         "#!jinja|yaml",
         "# Written by scripts/mlab: the multi-host lab's site pillar.",
@@ -235,16 +267,20 @@ def site_pillar():
         "network: {internal: {link_type: bridge}}",
         "postgres: {version: 15, pgdg: false, extra_listen_addresses: [], replicas: []}",
         "{%- set machines = " + json.dumps(machines) + " %}",
-        "# SIP on each Kamailio host's own lab address: the floating IP is public, and no",
-        "# traffic of the lab may go to a public address.",
-        "kamailio: {version: '5.6', repo: false, sip_addresses: ['{{ machines[opts.id] if opts.id in "
-        "machines and opts.id.startswith(('coord-', 'kam-')) else machines[\"" + coordinator() + "\"] }}']}",
-        f"rtpengine: {{interface_address: {coord}, kernel_forwarding: false}}",
+        "# SIP on the lab's SIP address (the reserved IP, which Keepalived and the reconcile",
+        "# move) and on each Kamailio host's own lab address, where media nodes reach it and",
+        "# it relays media (RTPEngine): the floating IP is public, and no traffic of the lab",
+        "# may go to a public address.",
+        "{%- set own = machines[opts.id] if opts.id in " + json.dumps(edge) + " else machines[\"" + coordinator()
+        + "\"] %}",
+        "kamailio: {version: '5.6', repo: false, sip_addresses: ['{{ own }}', " + SIP_ADDRESS + "], "
+        "media_address: '{{ own }}'}",
+        "rtpengine: {interface_address: '{{ own }}', kernel_forwarding: false}",
         "nginx: {certificate: self_signed, extra_listen_addresses: []}",
-        "# The SIP edge pair needs the private mesh and each host's own RTPEngine first.",
-        "keepalived: {enabled: false}",
+        "# The SIP edge pair: VRRP over the mesh, the SIP address on eth0, Vultr's double on the segment.",
+        "keepalived: " + json.dumps(edge_pillar()),
         "# The mesh over the lab network, in wireguard-go (this kernel has no WireGuard module).",
-        "# Until each Kamailio host runs its own services, the coordinator carries the whole plan.",
+        "# The coordinator carries the plan's services the Kamailio standby does not run itself.",
         "wireguard: {userspace: true, hosts: {coord-syd-1: {endpoint: " + coord + ", routes: ["
         + PLAN_NETWORK + "]}, kam-mel-1: {endpoint: " + machines["kam-mel-1"] + "}, pgrep-syd-1: {endpoint: "
         + machines["pgrep-syd-1"] + "}}}",
@@ -258,7 +294,8 @@ def site_pillar():
         f"pip_options: '--no-index --find-links {WHEELS}'}}",
         "# FreeSWITCH can't be installed here: media nodes run the real freeswitch formula",
         "# with a named double in place of the FreeSWITCH binary (lab/salt/freeswitch_double).",
-        "freeswitch: {binary: double, repo: false, node_network: " + TOPOLOGY["vpc"] + "}",
+        "freeswitch: {binary: double, repo: false, node_network: " + TOPOLOGY["vpc"] + ", "
+        "extra_kamailio_addresses: " + json.dumps([machines[name] for name in edge]) + "}",
     ]) + "\n"
 
 
@@ -295,6 +332,7 @@ def network_up():
     if LAB_NS not in output("ip", "netns", "list"):
         run("ip", "netns", "add", LAB_NS)
         run("ip", "-n", LAB_NS, "link", "add", "br0", "type", "bridge")
+        run("ip", "-n", LAB_NS, "addr", "add", f"{EDGE_DOUBLE[0]}/{prefix_length()}", "dev", "br0")
         run("ip", "-n", LAB_NS, "link", "set", "br0", "up")
     for name in TOPOLOGY["machines"]:
         if netns(name) in output("ip", "netns", "list"):
@@ -482,6 +520,35 @@ def highstate():
     return summary
 
 
+def edge_double_pid():
+    path = STATE / "edge-double.pid"
+    pid = int(path.read_text()) if path.exists() else 0
+    return pid if pid and Path(f"/proc/{pid}").exists() else 0
+
+
+def edge_double_up():
+    """The SIP edge's Vultr double, on the lab's segment, with the edge key of this lab's secrets."""
+    if edge_double_pid():
+        return
+    key_file, world_file = STATE / "edge-api-key", STATE / "edge-world.json"
+    key_file.write_text(lab_secrets()["vultr"]["edge_api_key"])
+    key_file.chmod(0o600)
+    world_file.write_text(json.dumps(edge_world()))
+    with open(STATE / "edge-double.log", "ab") as log_file:
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", LAB_NS, str(REPO / ".venv/bin/python"), "-m", "tests.doubles.vultr",
+             "--host", EDGE_DOUBLE[0], "--port", str(EDGE_DOUBLE[1]), "--api-key-file", str(key_file),
+             "--world", str(world_file)], cwd=REPO, stdout=log_file, stderr=log_file, start_new_session=True)
+    (STATE / "edge-double.pid").write_text(str(process.pid))
+
+
+def edge_double_down():
+    pid = edge_double_pid()
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+    (STATE / "edge-double.pid").unlink(missing_ok=True)
+
+
 # --- commands ---
 
 
@@ -489,6 +556,7 @@ def up(args):
     started = time.monotonic()
     build_template()
     network_up()
+    edge_double_up()
     for name in TOPOLOGY["machines"]:
         boot(name, prepare(name))
     boot_started = time.monotonic()
@@ -552,6 +620,7 @@ def down(args):
         shutil.rmtree(machine_dir(name), ignore_errors=True)
         if netns(name) in output("ip", "netns", "list").split():
             run("ip", "netns", "del", netns(name))
+    edge_double_down()
     if LAB_NS in output("ip", "netns", "list").split():
         run("ip", "netns", "del", LAB_NS)
     log("down: no machine, mount or namespace left")

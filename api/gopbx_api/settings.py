@@ -11,8 +11,6 @@ class Settings:
     database_dsn: str
     # Kamailio's JSONRPC on the internal address (domain.reload after tenant changes).
     kamailio_rpc_url: str
-    # Where FreeSWITCH sends calls for devices: Kamailio's SIP address.
-    kamailio_sip_uri: str
     # Redis (with its password), for health and, later, call events.
     redis_url: str
     # Signing keys: the first signs, all verify, so a key can be rotated without

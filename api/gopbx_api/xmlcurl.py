@@ -109,7 +109,6 @@ async def dialplan(request: Request, node: str = Depends(media_node)):
         cursor.execute("SELECT 1 FROM gopbx.tenants WHERE domain = %s AND enabled", (tenant,))
         if cursor.fetchone() is None:
             return Response(NOT_FOUND, media_type=XML)
-    kamailio = settings.kamailio_sip_uri
     document, section = _document("dialplan")
     context_element = ET.SubElement(section, "context", name=context)
     # 1. The tenant's concurrent-call limit, from Kamailio's X-GoPBX-MaxCalls. An empty
@@ -123,8 +122,10 @@ async def dialplan(request: Request, node: str = Depends(media_node)):
                   data=f"hash gopbx {tenant} ${{sip_h_X-GoPBX-MaxCalls}} !USER_BUSY")
     ET.SubElement(condition, "action", application="set", data="continue_on_fail=false", inline="true")
     ET.SubElement(condition, "anti-action", application="respond", data="403 Missing tenant call limit")
-    # 2. Extension to extension inside the tenant: back through Kamailio (fs_path:
-    #    sent to Kamailio's internal socket), which delivers to the device's
+    # 2. Extension to extension inside the tenant: back through the Kamailio the call
+    #    came from (fs_path: the a-leg's source, sofia's sip_network_ip and _port,
+    #    expanded when bridge runs; the node's ACL admits Kamailio hosts only, and
+    #    with an HA pair it is the active one), which delivers to the device's
     #    registration; the b-leg's From carries the tenant's domain (sofia reads
     #    sip_invite_domain on the b-leg, so it goes in the dial string), so the
     #    callee can call back. Nothing routes to another tenant. No <...> in the
@@ -134,7 +135,7 @@ async def dialplan(request: Request, node: str = Depends(media_node)):
     ET.SubElement(condition, "action", application="set", data="sip_copy_custom_headers=false")
     ET.SubElement(condition, "action", application="bridge",
                   data=f"{{sip_invite_domain={tenant}}}sofia/{settings.freeswitch_profile}/sip:$1@{tenant}"
-                       f";fs_path={kamailio}")
+                       ";fs_path=sip:${sip_network_ip}:${sip_network_port}")
     # 3. Anything else is refused.
     refuse = ET.SubElement(context_element, "extension", name="gopbx-no-route")
     condition = ET.SubElement(refuse, "condition", field="destination_number", expression="^.*$")

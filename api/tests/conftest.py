@@ -28,7 +28,6 @@ def make_settings(lab_secrets, keys, **extra):
         database_dsn=(f"host=127.28.0.12 port=5432 dbname=gopbx user=gopbx_api "
                       f"password={lab_secrets['postgres']['api']}"),
         kamailio_rpc_url="http://127.28.0.15:8080/jsonrpc",
-        kamailio_sip_uri="sip:127.0.0.1:5060",
         redis_url=f"redis://:{lab_secrets['redis']['password']}@127.28.0.11:6379/0",
         jwt_keys=keys,
         platform_admins={"admin": passwords.hash_password(ADMIN_PASSWORD)},

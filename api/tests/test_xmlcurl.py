@@ -103,7 +103,7 @@ def assert_freeswitch_would_call_the_extension_through_kamailio(context):
     # The callee, sent by way of Kamailio's SIP socket (not Kamailio itself as the callee),
     # sees the tenant's domain as the caller's (a b-leg variable), so it can call back.
     assert freeswitch_rules.sofia_destination(bridge.get("data")) == \
-        (f"sip:$1@{T}", "sip:127.0.0.1:5060", {"sip_invite_domain": T})
+        (f"sip:$1@{T}", "sip:${sip_network_ip}:${sip_network_port}", {"sip_invite_domain": T})
     sets = [action.get("data") for action in local.findall("action[@application='set']")]
     assert "sip_copy_custom_headers=false" in sets
     # limit runs when the call executes (it cannot run inline), before the bridge.

@@ -58,8 +58,6 @@ dns:
     api: 149.28.188.104
     sip: 103.43.75.51
   sip_sites: [sip, sip-mel]
-rtpengine:
-  interface_address: 149.28.188.104
 nginx:
   # api.gopbx.au resolves to the coordinator's public address.
   extra_listen_addresses: [149.28.188.104]

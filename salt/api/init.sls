@@ -61,8 +61,6 @@ api-settings-managed:
     - template: jinja
     - context:
         api: {{ api | json }}
-        {#- Media nodes send calls for devices to Kamailio's internal SIP socket. #}
-        kamailio_sip: {{ (api.plan.kamailio ~ ':' ~ salt['pillar.get']('kamailio:sip_port', 5060)) | json }}
         previous_keys: {{ api.secrets.get('previous_jwt_keys', []) | json }}
     - user: root
     - group: gopbx-api

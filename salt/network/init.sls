@@ -6,8 +6,20 @@
 {#- A dummy link by default; a bridge with no ports holds addresses just as well
     where the kernel has no dummy driver (the multi-host lab's machines). #}
 {%- set link_type = plan.internal.get('link_type', 'dummy') %}
-{%- set prefix = plan.internal.cidr.split('/')[1] %}
-{%- set addresses = plan.services.values() | unique | sort %}
+{#- The coordinator holds every service address of the plan (the whole network);
+    a host that runs only some (network:internal:local_services, the Kamailio
+    standby's own RTPEngine and Kamailio) holds just those, so the rest of the
+    plan is still routed to the coordinator over the mesh. #}
+{%- set local_services = plan.internal.get('local_services') %}
+{%- if local_services %}
+{%-   set prefix = '32' %}
+{%-   set addresses = [] %}
+{%-   for name in local_services %}{% do addresses.append(plan.services[name]) %}{% endfor %}
+{%-   set addresses = addresses | unique | sort %}
+{%- else %}
+{%-   set prefix = plan.internal.cidr.split('/')[1] %}
+{%-   set addresses = plan.services.values() | unique | sort %}
+{%- endif %}
 
 {%- if interface != 'lo' %}
 network-internal-interface-config-managed:

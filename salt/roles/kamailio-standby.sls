@@ -1,5 +1,8 @@
-# The Kamailio standby (kam-<region>-<n>): a second SIP edge.
+# The Kamailio standby (kam-<region>-<n>): a second SIP edge, with what a call
+# needs on the host itself (its own RTPEngine), so it carries calls alone.
 include:
   - wireguard
+  - network
+  - rtpengine
   - kamailio
   - keepalived

@@ -199,16 +199,38 @@ def _handler(double):
     return Handler
 
 
+    def seed(self, world):
+        """What the operator made before: {"instances": [{id, label, region}], "reserved_ips":
+        [{id, region, subnet}], "domains": [name]} (the multi-host lab's SIP edge)."""
+        for spec in world.get("instances", []):
+            self.instances[spec["id"]] = {"id": spec["id"], "label": spec["label"], "hostname": spec["label"],
+                                          "region": spec["region"], "plan": "vc2-2c-4gb", "os_id": 2136,
+                                          "main_ip": spec.get("main_ip", "0.0.0.0"), "status": "active",
+                                          "power_status": "running", "server_status": "ok", "tags": [],
+                                          "user_data": "", "polls": self.polls_until_active, "date_created": ""}
+        for spec in world.get("reserved_ips", []):
+            self.reserved_ips[spec["id"]] = {"id": spec["id"], "region": spec["region"], "ip_type": "v4",
+                                             "subnet": spec["subnet"], "subnet_size": 32, "label": "",
+                                             "instance_id": None, "_pending": None}
+        for name in world.get("domains", []):
+            self.domains.setdefault(name, {})
+
+
 def main():
     """Serve the double on its own (the multi-host lab's master runs salt-cloud against it)."""
     import argparse
 
-    parser = argparse.ArgumentParser(description="Vultr API v2 DOUBLE, on 127.0.0.1")
+    parser = argparse.ArgumentParser(description="Vultr API v2 DOUBLE")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--api-key-file", required=True)
+    parser.add_argument("--world", help="a JSON file of what exists already (VultrDouble.seed)")
     args = parser.parse_args()
     with open(args.api_key_file, encoding="utf-8") as handle:
-        double = VultrDouble(api_key=handle.read().strip(), port=args.port)
+        double = VultrDouble(api_key=handle.read().strip(), port=args.port, host=args.host)
+    if args.world:
+        with open(args.world, encoding="utf-8") as handle:
+            double.seed(json.load(handle))
     double._server.serve_forever()
 
 

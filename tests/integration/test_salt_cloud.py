@@ -171,7 +171,7 @@ def api(secrets, webhook):  # noqa: F811
     passwords = load_module("api/gopbx_api", "passwords")
     settings = Settings(
         database_dsn=f"host=127.28.0.12 port=5432 dbname=gopbx user=gopbx_api password={secrets['postgres']['api']}",
-        kamailio_rpc_url=sip.RPC_URL, kamailio_sip_uri="sip:127.0.0.1:5060",
+        kamailio_rpc_url=sip.RPC_URL, 
         redis_url=f"redis://:{secrets['redis']['password']}@127.28.0.11:6379/0",
         jwt_keys=["k" * 40], platform_admins={"admin": passwords.hash_password(ADMIN_PASSWORD)},
         salt_webhook_url=webhook)

@@ -21,8 +21,8 @@ STATE = Path("/var/lib/gopbx-mlab")
 # Each role's services, as systemd units (and whatever later roles add).
 SERVICES = {
     "coord-syd-1": ["postgresql@15-main", "pgbouncer", "redis-server", "kamailio", "rtpengine-daemon", "nginx",
-                    "gopbx-api", "gopbx-call-events", "salt-master", "knot", "wg-quick@wg-gopbx"],
-    "kam-mel-1": ["kamailio", "wg-quick@wg-gopbx"],
+                    "gopbx-api", "gopbx-call-events", "salt-master", "knot", "wg-quick@wg-gopbx", "keepalived"],
+    "kam-mel-1": ["kamailio", "rtpengine-daemon", "wg-quick@wg-gopbx", "keepalived"],
     "pgrep-syd-1": ["wg-quick@wg-gopbx"],
     "fs-syd-1": ["freeswitch"],  # the named double of FreeSWITCH (lab/salt/freeswitch_double)
     "fs-syd-2": ["freeswitch"],
@@ -82,7 +82,7 @@ def test_each_role_runs_its_services_under_systemd(lab, name):
 ALL_SECRETS = {"postgres:kamailio", "postgres:api", "postgres:salt", "postgres:metrics", "postgres:replicator",
                "redis:password", "api:jwt_key", "api:admin_password_hash", "freeswitch:esl_password",
                "vultr:api_key", "vultr:edge_api_key"}
-SECRETS = {"coord-syd-1": ALL_SECRETS, "kam-mel-1": {"postgres:kamailio", "redis:password", "vultr:edge_api_key"}, "pgrep-syd-1": set(),
+SECRETS = {"coord-syd-1": ALL_SECRETS, "kam-mel-1": {"postgres:kamailio", "vultr:edge_api_key"}, "pgrep-syd-1": set(),
            "fs-syd-1": {"freeswitch:esl_password"}, "fs-syd-2": {"freeswitch:esl_password"}}
 
 
@@ -102,7 +102,7 @@ def test_each_machine_holds_only_the_secrets_of_its_roles(lab, name):
 
 
 def test_machines_reach_the_coordinators_services(lab):
-    # The standby's Kamailio uses the coordinator's pgBouncer and Redis, through the mesh.
+    # The standby's Kamailio uses the coordinator's pgBouncer, through the mesh.
     result = mlab("run", "kam-mel-1", "bash", "-c", "exec 3<>/dev/tcp/172.28.0.12/5432 && echo open")
     assert result.stdout.strip() == "open", result.stderr
 
@@ -398,6 +398,148 @@ def test_every_machine_runs_ufw_denying_what_is_not_allowed(lab):
     for name in TOPOLOGY["machines"]:
         status = mlab("run", name, "ufw", "status", "verbose").stdout
         assert "Status: active" in status and "deny (incoming)" in status, f"{name}: {status}"
+
+
+# --- the SIP edge pair: Keepalived, DMQ, the reserved SIP address (issue 14) ---
+
+SIP_ADDRESS = "10.28.0.50"
+EDGE = ("coord-syd-1", "kam-mel-1")
+EDGE_TENANT = "edge.mlab.invalid"
+DEVICE = TOPOLOGY["outside"]
+
+
+def edge_status(name):
+    result = mlab("run", name, "salt-call", "--local", "--out=json", "gopbx_edge.status")
+    return json.loads(result.stdout)["local"] if result.returncode == 0 else {"state": "UNREACHABLE"}
+
+
+def edge_holders():
+    """The hosts with the SIP address on an interface, and the instance Vultr's double attaches it to."""
+    return [name for name in EDGE if edge_status(name).get("holds_address")]
+
+
+def attached_instance():
+    """The edge host the reserved SIP address is attached to, as Vultr's double says."""
+    world = json.loads((STATE / "edge-world.json").read_text())
+    key = (STATE / "edge-api-key").read_text()
+    asked = subprocess.run(["ip", "netns", "exec", "gopbx-mlab", "curl", "-sf", "-H", f"Authorization: Bearer {key}",
+                            f"http://10.28.0.250:8098/v2/reserved-ips/{world['reserved_ips'][0]['id']}"],
+                           capture_output=True, text=True, check=False)
+    instance = json.loads(asked.stdout)["reserved_ip"]["instance_id"] if asked.returncode == 0 else None
+    return next((item["label"] for item in world["instances"] if item["id"] == instance), None)
+
+
+def kamailio_rpc(name, method, *params):
+    """Kamailio's JSONRPC on NAME's own management address (the plan's, local on each edge host)."""
+    body = json.dumps({"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1})
+    result = mlab("run", name, "curl", "-s", "--max-time", "5", "-d", body, "http://172.28.0.15:8080/jsonrpc")
+    return json.loads(result.stdout) if result.stdout else {"error": result.stderr}
+
+
+def probe_registration(user, timeout=30):
+    """REGISTER as USER from the device side until answered 200: {'answered_at', 'attempts'}."""
+    result = on_devices("env", f"PYTHONPATH={REPO}", str(REPO / ".venv/bin/python"), "-m",
+                        "tests.multihost.edge_probe", DEVICE, SIP_ADDRESS, EDGE_TENANT, user, E2E_PASSWORD,
+                        str(timeout))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def edge_tenant(lab):
+    password = json.loads((STATE / "secrets.json").read_text())["api"]["admin_password"]
+    api_on_coordinator(f"""
+import requests
+api = "http://172.28.0.30:8080"
+token = requests.post(api + "/v1/token", json={{"username": "admin", "password": {password!r}}}).json()["access_token"]
+headers = {{"Authorization": "Bearer " + token}}
+requests.delete(api + "/v1/tenants/{EDGE_TENANT}", headers=headers)
+made = requests.post(api + "/v1/tenants", headers=headers, json={{"domain": "{EDGE_TENANT}", "name": "mlab edge",
+                     "max_calls": 1, "calls_per_second": 10, "dispatcher_set": 1}})
+assert made.status_code == 201, made.text
+for number in ("1001", "1002", "1003"):
+    made = requests.post(api + "/v1/tenants/{EDGE_TENANT}/extensions", headers=headers,
+                         json={{"number": number, "password": "{E2E_PASSWORD}"}})
+    assert made.status_code == 201, made.text
+""")
+    # The standby's Kamailio reads tenants from the same database: reload its domain cache too.
+    kamailio_rpc("kam-mel-1", "domain.reload")
+    return EDGE_TENANT
+
+
+def test_the_edge_pair_has_one_active_host_holding_the_sip_address(lab):
+    assert wait_for(lambda: edge_holders() == ["coord-syd-1"] and attached_instance() == "coord-syd-1", timeout=60)
+    assert edge_status("coord-syd-1")["state"] == "MASTER"
+    assert edge_status("kam-mel-1")["state"] == "BACKUP"
+
+
+def test_a_registration_reaches_the_standby_over_dmq(edge_tenant, outside):
+    assert probe_registration("1003")["answered_at"]
+    aor = f"1003@{EDGE_TENANT}"
+    assert wait_for(lambda: "result" in kamailio_rpc("kam-mel-1", "ul.lookup", "location", aor), timeout=5)
+    contacts = kamailio_rpc("kam-mel-1", "ul.lookup", "location", aor)["result"]["Contacts"]
+    assert [contact["Contact"]["Socket"] for contact in contacts] == [f"udp:{SIP_ADDRESS}:5060"]
+
+
+def sipp_to_sip_address(tmp_path, scenario, port, user, tenant, *args, background=False):
+    (tmp_path / f"{port}.xml").write_text(scenario)
+    command = ["sipp", f"{SIP_ADDRESS}:5060", "-i", DEVICE, "-ci", DEVICE, "-m", "1", "-nostdin", "-timeout", "60s",
+               "-timeout_error", "-sf", str(tmp_path / f"{port}.xml"), "-p", str(port), "-au", user, "-ap",
+               E2E_PASSWORD, "-key", "tenant", tenant, "-key", "user", user, "-trace_msg", "-message_file",
+               str(tmp_path / f"{port}.log"), *map(str, args)]
+    if background:
+        return subprocess.Popen(["ip", "netns", "exec", OUTSIDE_NS, *command], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    return on_devices(*command)
+
+
+def log_of(tmp_path, port):
+    path = tmp_path / f"{port}.log"
+    return path.read_text()[-4000:] if path.exists() else "(no log)"
+
+
+def test_sigkill_of_the_active_kamailio_moves_the_sip_address_and_keeps_devices_and_call_counts(
+        edge_tenant, e2e_tenant, outside, tmp_path):
+    from tests.system import sip
+
+    # Two callees register with the active host: 1002 of the edge tenant (one call
+    # allowed) and 1002 of the e2e tenant; one device answers for both.
+    for tenant, port in ((EDGE_TENANT, 5090), (e2e_tenant, 5091)):
+        registered = sipp_to_sip_address(tmp_path, sip.register_scenario("200"), port, "1002", tenant,
+                                         "-key", "contact_host", f"{DEVICE}:5090")
+        assert registered.returncode == 0, log_of(tmp_path, port)
+    callee = on_devices("sipp", "-sf", REPO / "tests/system/scenarios/callee.xml", "-i", DEVICE, "-p", "5090",
+                        "-mi", DEVICE, "-ci", DEVICE, "-rtp_echo", "-m", "3", "-bg")
+    assert "Background mode" in callee.stdout, callee.stdout + callee.stderr
+    # The edge tenant's one call, held through the active host; the standby counts it too (DMQ).
+    held = sipp_to_sip_address(tmp_path, sip.call_scenario(hold_ms=40000), 5072, "1001", EDGE_TENANT, "-s", "1002",
+                               background=True)
+    profile = ("dlg.profile_get_size", "tenant_calls", EDGE_TENANT)
+    try:
+        assert wait_for(lambda: kamailio_rpc("kam-mel-1", *profile).get("result", {}).get("size") == 1, timeout=20), \
+            kamailio_rpc("kam-mel-1", *profile)
+        # Kamailio dies on the active host and stays down (systemd would restart it).
+        killed_at = time.time()
+        mlab("run", "coord-syd-1", "bash", "-c", "systemctl kill --signal=SIGKILL kamailio; systemctl stop kamailio")
+        first = probe_registration("1003", timeout=30)
+        assert first["answered_at"], "no REGISTER answered 200 after the failover"
+        print(f"\nSIGKILL of Kamailio to the first REGISTER answered 200 through {SIP_ADDRESS}: "
+              f"{first['answered_at'] - killed_at:.2f} s ({first['attempts']} attempts)")
+        assert wait_for(lambda: edge_holders() == ["kam-mel-1"] and attached_instance() == "kam-mel-1", timeout=30)
+        # The edge tenant's held call still counts: a second call is refused.
+        refused = sipp_to_sip_address(tmp_path, sip.call_scenario(rejected=["403"], hold_ms=100), 5074, "1001",
+                                      EDGE_TENANT, "-s", "1002")
+        assert refused.returncode == 0, log_of(tmp_path, 5074)
+        assert "Tenant Call Limit Reached" in log_of(tmp_path, 5074)
+        # The e2e tenant's 1002, registered before the failure, is reached by a call
+        # from a media node, through the standby.
+        called = sipp_to_sip_address(tmp_path, sip.call_scenario(hold_ms=2000, rtp=True), 5076, "1001", e2e_tenant,
+                                     "-s", "1002")
+        assert called.returncode == 0, log_of(tmp_path, 5076)
+    finally:
+        held.kill()
+        on_devices("pkill", "-x", "sipp")
+        mlab("run", "coord-syd-1", "systemctl", "start", "kamailio")
 
 
 def test_teardown_leaves_nothing_behind(lab):

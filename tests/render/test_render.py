@@ -114,7 +114,8 @@ def test_every_role_renders_its_formulas(lowstate, minion_id):
         # and the lab runs SIPp stand-ins where production has FreeSWITCH nodes.
         expected |= {"media_standin"} if minion_id.startswith("lab-") else {"network"}
     if ROLE_OF[minion_id] == "kamailio-standby":
-        expected |= {"kamailio", "keepalived"}
+        # Its own RTPEngine and Kamailio, at their plan addresses on its own interface.
+        expected |= {"network", "rtpengine", "kamailio", "keepalived"}
     # The region's WireGuard mesh: every host but the media nodes (none in the single-host lab).
     if ROLE_OF[minion_id] in ("coordinator", "kamailio-standby", "pg-replica") and not minion_id.startswith("lab-"):
         expected |= {"wireguard"}
@@ -218,7 +219,8 @@ def test_the_firewall_opens_the_seeds_public_ports_and_control_ports_only_privat
     coordinator = firewall_rules(lowstate, "coord-syd-1")
     # 51820/udp: the WireGuard mesh, whose tunnel network reaches the control ports too.
     public = {"22/tcp", "80/tcp", "443/tcp", "5060/udp", "5060/tcp", "5061/tcp", "16384:32768/udp", "51820/udp"}
-    control = {"2223/udp", "5432/tcp", "6379/tcp", "8080/tcp", "4505:4506/tcp"}
+    # 5090/udp: DMQ between the SIP edge hosts.
+    control = {"2223/udp", "5432/tcp", "6379/tcp", "8080/tcp", "4505:4506/tcp", "5090/udp"}
     assert coordinator == {("any", port) for port in public} | {
         (net, port) for net in (*private, "10.29.0.0/24") for port in control}
     # Media nodes: SSH in public; SIP, the event socket and media from the private networks only.
@@ -372,6 +374,14 @@ def test_a_single_kamailio_runs_without_dmq(rendered):
     assert "KDMQ" not in cfg and "dmqreplicate" not in cfg and "ndb_redis" not in cfg
 
 
+def test_the_standby_holds_only_its_own_services_plan_addresses_and_relays_media_on_its_own_address(rendered):
+    files = rendered("kam-mel-1")
+    interface = files["/etc/network/interfaces.d/gopbx0"]
+    assert re.findall(r"ip addr add (\S+)", interface) == ["172.28.0.1/32", "172.28.0.15/32"]
+    assert "interface = 45.76.112.9" in files["/etc/rtpengine/rtpengine.conf"]
+    assert "interface = 149.28.188.104" in rendered("coord-syd-1")["/etc/rtpengine/rtpengine.conf"]
+
+
 def test_kamailio_58_only_settings_are_guarded(rendered):
     assert "#!define WITH_KAMAILIO_58\n" in rendered("coord-syd-1")["/etc/kamailio/kamailio.cfg"]
     assert "#!define WITH_KAMAILIO_58" not in rendered("lab-coord-1")["/etc/kamailio/kamailio.cfg"]
@@ -397,8 +407,7 @@ def test_the_api_is_configured_for_the_plan(env, rendered, minion_id):
     assert settings["database_dsn"] == (f"host={net}.12 port=5432 dbname=gopbx user=gopbx_api "
                                         f"password={secrets['postgres']['api']}")
     assert settings["kamailio_rpc_url"] == f"http://{net}.15:8080/jsonrpc"
-    # Media nodes send calls for devices to Kamailio's internal SIP socket.
-    assert settings["kamailio_sip_uri"] == f"sip:{net}.15:5060"
+    assert "kamailio_sip_uri" not in settings  # the b-leg goes back to the Kamailio the call came from
     assert settings["redis_url"] == f"redis://:{secrets['redis']['password']}@{net}.11:6379/0"
     assert settings["jwt_keys"] == [secrets["api"]["jwt_key"]]
     assert settings["platform_admins"] == {"admin": secrets["api"]["admin_password_hash"]}

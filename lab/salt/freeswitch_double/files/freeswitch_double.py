@@ -278,7 +278,9 @@ class SipDouble:
             if name.lower().startswith("x-"):
                 fields[f"variable_sip_h_{name}"] = value
         call.variables = {f"sip_h_{name}": value for name, value in headers if name.lower().startswith("x-")}
-        call.variables.update(destination_number=destination, caller=fields["Caller-Caller-ID-Number"])
+        # sofia's own: where the INVITE came from (sofia_handle_sip_i_invite).
+        call.variables.update(destination_number=destination, caller=fields["Caller-Caller-ID-Number"],
+                              sip_network_ip=source[0], sip_network_port=str(source[1]))
         document = self.node.fetch("dialplan", fields)
         actions = self.hunt(document, fields["Hunt-Context"], call.variables)
         if actions is None:

@@ -1,0 +1,45 @@
+"""
+A device on the internet's side of the multi-host lab, run in its network
+namespace: REGISTERs (digest-authenticated) to the SIP address over and over
+until one is answered 200, then prints, as JSON, the wall-clock time of that
+answer and how many attempts it took. The failover tests and
+bench/edge_failover.py take the time from the fault to that first 200.
+
+    python -m tests.multihost.edge_probe LOCAL_IP TARGET_IP DOMAIN USER PASSWORD [TIMEOUT]
+"""
+
+import json
+import sys
+import time
+
+from tests.system import sipclient
+
+
+class QuickPeer(sipclient.UdpPeer):
+    """A device that gives up on an answer after 0.2 s and asks again (a real phone waits longer)."""
+
+    def final_response(self, timeout=0.2):
+        return super().final_response(timeout)
+
+
+def first_registration(local_ip, target, domain, user, password, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    attempts = 0
+    while time.monotonic() < deadline:
+        attempts += 1
+        peer = QuickPeer(local_ip)
+        try:
+            response = sipclient.register(peer, (target, 5060), domain, user, password,
+                                          [f"sip:{user}@{local_ip}:{peer.port}"], expires=300)
+        finally:
+            peer.close()
+        if response and response.startswith("SIP/2.0 200"):
+            return {"answered_at": time.time(), "attempts": attempts}
+        time.sleep(0.02)
+    return {"answered_at": None, "attempts": attempts}
+
+
+if __name__ == "__main__":
+    local_ip, target, domain, user, password = sys.argv[1:6]
+    timeout = float(sys.argv[6]) if len(sys.argv) > 6 else 30.0
+    print(json.dumps(first_registration(local_ip, target, domain, user, password, timeout)))
