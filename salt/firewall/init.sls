@@ -55,18 +55,32 @@ firewall-salt-master-from-{{ source }}-allowed:
       - ufw: firewall-ufw-enabled
 {%- endfor %}
 
-{%- for peer in firewall.vrrp_sources %}
-
-firewall-vrrp-from-{{ peer }}-allowed:
-  ufw.rule_present:
-    - src: {{ peer }}
-    - proto: vrrp
-    - comment: gopbx vrrp
+{#- VRRP (IP protocol 112, no ports) from the SIP edge peers alone: ufw's rule
+    syntax has no portless protocol rule that saltext-ufw accepts, so it goes in
+    ufw's own before.rules, which ufw loads with its rules. #}
+{%- if firewall.vrrp_sources %}
+firewall-vrrp-peers-allowed:
+  file.blockreplace:
+    - name: /etc/ufw/before.rules
+    - marker_start: '# gopbx vrrp: managed by Salt (firewall formula)'
+    - marker_end: '# gopbx vrrp: end'
+    - content: {{ firewall.vrrp_sources | map('regex_replace', '^(.*)$', '-A ufw-before-input -p vrrp -s \\1 -j ACCEPT')
+                  | join('\n') | json }}
+    - insert_before_match: "^# don't delete the 'COMMIT' line"
+    - append_newline: True
+    - backup: False
     - require:
       - pkg: firewall-ufw-pkg-installed
     - require_in:
       - ufw: firewall-ufw-enabled
-{%- endfor %}
+
+firewall-vrrp-peers-loaded:
+  cmd.run:
+    - name: ufw reload
+    - onlyif: "ufw status | grep -q 'Status: active'"
+    - onchanges:
+      - file: firewall-vrrp-peers-allowed
+{%- endif %}
 
 firewall-ufw-enabled:
   ufw.enabled:

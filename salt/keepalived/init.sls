@@ -67,6 +67,47 @@ keepalived-config-managed:
       - pkg: keepalived-pkg-installed
       - file: keepalived-scripts-managed
 
+{#- Where Keepalived makes its notify FIFO and the handler records the state: made
+    here for this boot and, under systemd, by the unit at every start (/run is
+    empty after a reboot, and Keepalived does not make the directory). #}
+keepalived-run-dir-managed:
+  file.directory:
+    - name: /run/gopbx-edge
+    - user: root
+    - mode: '0700'
+{%-   if grains['init'] == 'systemd' %}
+
+keepalived-run-dir-unit-managed:
+  file.managed:
+    - name: /etc/systemd/system/keepalived.service.d/gopbx.conf
+    - makedirs: True
+    - mode: '0644'
+    - contents: |
+        # Managed by Salt (keepalived formula): the notify FIFO's directory.
+        [Service]
+        RuntimeDirectory=gopbx-edge
+        RuntimeDirectoryMode=0700
+        RuntimeDirectoryPreserve=yes
+
+keepalived-run-dir-unit-loaded:
+  cmd.run:
+    - name: systemctl daemon-reload
+    - onchanges:
+      - file: keepalived-run-dir-unit-managed
+{%-   endif %}
+
+{#- The VRRP child's pid file, which gopbx_edge reads to know Keepalived is running:
+    run by systemd (--dont-fork), Keepalived 2.2.7 writes none unless named. #}
+keepalived-defaults-managed:
+  file.managed:
+    - name: /etc/default/keepalived
+    - mode: '0644'
+    - contents: |
+        # Managed by Salt (keepalived formula).
+        DAEMON_ARGS="--vrrp_pid=/run/keepalived_vrrp.pid"
+    - require:
+      - pkg: keepalived-pkg-installed
+
 keepalived-service-running:
   service.running:
     - name: keepalived
@@ -74,8 +115,22 @@ keepalived-service-running:
     - reload: True
     - watch:
       - file: keepalived-config-managed
+{%-   if grains['init'] == 'systemd' %}
+      - file: keepalived-run-dir-unit-managed
+      - cmd: keepalived-run-dir-unit-loaded
+{%-   endif %}
     - require:
       - file: keepalived-edge-settings-managed
+      - file: keepalived-run-dir-managed
+
+{#- A reload (SIGHUP) rereads the configuration, not the command line. #}
+keepalived-restarted-for-its-arguments:
+  cmd.run:
+    - name: service keepalived restart
+    - onchanges:
+      - file: keepalived-defaults-managed
+    - require:
+      - service: keepalived-service-running
 
 {%-   if grains['init'] == 'systemd' %}
 

@@ -167,7 +167,7 @@ class EdgeHost:
         template = jinja2.Template((FORMULA / "files" / "keepalived.conf.jinja").read_text())
         text = template.render(keepalived=defaults, me=defaults["peers"][self.name], minion_id=self.name,
                                libexec=str(self.libexec), checks={"sip": "127.0.0.1 5060", "ng": "127.0.0.1 2223"})
-        return text.replace("/run/keepalived/gopbx-notify.fifo", str(self.base / "notify.fifo"))
+        return text.replace("/run/gopbx-edge/notify.fifo", str(self.base / "notify.fifo"))
 
     def start(self, what, command):
         log = open(self.base / f"{what}.log", "ab")  # noqa: SIM115  (the child keeps it)

@@ -11,13 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
+from tests.multihost import edge
 from tests.support import REPO, wait_for
 
-MLAB = REPO / "scripts" / "mlab"
-TOPOLOGY = yaml.safe_load((REPO / "lab" / "mlab" / "topology.yaml").read_text())["mlab"]
-STATE = Path("/var/lib/gopbx-mlab")
+TOPOLOGY, STATE = edge.TOPOLOGY, edge.STATE
 # Each role's services, as systemd units (and whatever later roles add).
 SERVICES = {
     "coord-syd-1": ["postgresql@15-main", "pgbouncer", "redis-server", "kamailio", "rtpengine-daemon", "nginx",
@@ -32,8 +30,7 @@ SERVICES = {
 FS_MACHINES = [name for name in TOPOLOGY["machines"] if name.startswith("fs-")]
 
 
-def mlab(*args, timeout=3600):
-    return subprocess.run([str(MLAB), *args], capture_output=True, text=True, timeout=timeout, check=False)
+mlab = edge.mlab
 
 
 def master_json(*command):
@@ -155,43 +152,19 @@ def test_media_nodes_register_through_the_masters_reactor_on_their_first_highsta
         assert registered[name]["state"] == "active"
 
 
-E2E_TENANT, E2E_PASSWORD = "e2e.mlab.invalid", "Mlab-Device-Pass-42"
+E2E_TENANT, E2E_PASSWORD = "e2e.mlab.invalid", edge.DEVICE_PASSWORD
 # The devices are on the internet's side: SIPp in the outside namespace (see `outside`), through the public ports.
 # RTPEngine's own count of relayed packets, read on the coordinator with the SIP tests' helper.
 RTPENGINE_RELAYED = ("import sys; sys.path.insert(0, '/srv/gopbx'); from tests.system.sip import "
                      "rtpengine_relayed_packets; print(rtpengine_relayed_packets(('172.28.0.1', 2223)))")
 
 
-def api_on_coordinator(code):
-    """Python with the API's venv on the coordinator, where the API is (its plan address)."""
-    result = mlab("run", "coord-syd-1", "/opt/gopbx/api/venv/bin/python", "-c", code)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
 @pytest.fixture(scope="module")
 def e2e_tenant(lab):
-    password = json.loads((STATE / "secrets.json").read_text())["api"]["admin_password"]
-    api_on_coordinator(f"""
-import requests
-api = "http://172.28.0.30:8080"
-token = requests.post(api + "/v1/token", json={{"username": "admin", "password": {password!r}}}).json()["access_token"]
-headers = {{"Authorization": "Bearer " + token}}
-requests.delete(api + "/v1/tenants/{E2E_TENANT}", headers=headers)
-made = requests.post(api + "/v1/tenants", headers=headers, json={{"domain": "{E2E_TENANT}", "name": "mlab e2e",
-                     "max_calls": 4, "calls_per_second": 10, "dispatcher_set": 1}})
-assert made.status_code == 201, made.text
-for number in ("1001", "1002"):
-    made = requests.post(api + "/v1/tenants/{E2E_TENANT}/extensions", headers=headers,
-                         json={{"number": number, "password": "{E2E_PASSWORD}"}})
-    assert made.status_code == 201, made.text
-""")
-    return E2E_TENANT
+    return edge.make_tenant(E2E_TENANT, max_calls=4, numbers=["1001", "1002"])
 
 
-def on_devices(*command):
-    return subprocess.run(["ip", "netns", "exec", OUTSIDE_NS, *command], capture_output=True, text=True,
-                          check=False, timeout=120)
+on_devices = edge.on_devices
 
 
 def sipp_on_devices(*args):
@@ -217,14 +190,14 @@ def test_a_call_goes_from_a_device_through_kamailio_and_a_media_node_to_another_
                         "-mi", address, "-ci", address, "-rtp_echo", "-m", "1", "-bg", "-trace_msg", "-message_file",
                         here / "callee.log")
     assert "Background mode" in callee.stdout, callee.stdout + callee.stderr  # SIPp's -bg parent exits 99
-    before = int(api_on_coordinator(RTPENGINE_RELAYED))
+    before = int(edge.api_on_coordinator(RTPENGINE_RELAYED))
     # 1001 calls 1002 with RTP: Kamailio, a media node (its dialplan from the API), Kamailio, 1002.
     called = sipp_on_devices("-sf", here / "call.xml", "-p", "5070", "-s", "1002", "-au", "1001", "-ap",
                              E2E_PASSWORD, "-key", "tenant", e2e_tenant, "-key", "user", "1001",
                              "-trace_msg", "-message_file", here / "caller.log")
     assert called.returncode == 0, (here / "caller.log").read_text()[-4000:] if (here / "caller.log").exists() \
         else called.stdout[-2000:]
-    relayed = int(api_on_coordinator(RTPENGINE_RELAYED)) - before
+    relayed = int(edge.api_on_coordinator(RTPENGINE_RELAYED)) - before
     print(f"\nRTP packets RTPEngine relayed for the call: {relayed}")
     assert relayed > 200  # the caller's RTP and the callee's echo, on both legs through the node
     received = [block for block in (here / "callee.log").read_text().split("-" * 46)
@@ -312,27 +285,13 @@ def pid_namespaces():
     return found
 
 
-OUTSIDE_NS = "gopbx-outside"
+OUTSIDE_NS = edge.OUTSIDE_NS
 
 
 @pytest.fixture
 def outside(lab):
-    """A host on the internet's side: on the lab's bridge, outside the region's private network (the VPC)."""
-    run = lambda *command: subprocess.run(command, check=True)  # noqa: E731
-    subprocess.run(["ip", "netns", "delete", OUTSIDE_NS], check=False, capture_output=True)
-    run("ip", "netns", "add", OUTSIDE_NS)
-    try:
-        run("ip", "link", "add", "mv-outside", "netns", "gopbx-mlab", "type", "veth", "peer", "name", "eth0",
-            "netns", OUTSIDE_NS)
-        run("ip", "-n", "gopbx-mlab", "link", "set", "mv-outside", "master", "br0", "up")
-        run("ip", "-n", OUTSIDE_NS, "addr", "add", f"{TOPOLOGY['outside']}/24", "dev", "eth0")
-        run("ip", "-n", OUTSIDE_NS, "link", "set", "eth0", "up")
-        run("ip", "-n", OUTSIDE_NS, "link", "set", "lo", "up")
-        # Even knowing the plan's private addresses and routing to them through the coordinator.
-        run("ip", "-n", OUTSIDE_NS, "route", "add", "172.28.0.0/24", "via", TOPOLOGY["machines"]["coord-syd-1"])
-        yield OUTSIDE_NS
-    finally:
-        subprocess.run(["ip", "netns", "delete", OUTSIDE_NS], check=False)
+    with edge.outside_namespace() as namespace:
+        yield namespace
 
 
 PROBE = """
@@ -402,88 +361,31 @@ def test_every_machine_runs_ufw_denying_what_is_not_allowed(lab):
 
 # --- the SIP edge pair: Keepalived, DMQ, the reserved SIP address (issue 14) ---
 
-SIP_ADDRESS = "10.28.0.50"
-EDGE = ("coord-syd-1", "kam-mel-1")
 EDGE_TENANT = "edge.mlab.invalid"
-DEVICE = TOPOLOGY["outside"]
-
-
-def edge_status(name):
-    result = mlab("run", name, "salt-call", "--local", "--out=json", "gopbx_edge.status")
-    return json.loads(result.stdout)["local"] if result.returncode == 0 else {"state": "UNREACHABLE"}
-
-
-def edge_holders():
-    """The hosts with the SIP address on an interface, and the instance Vultr's double attaches it to."""
-    return [name for name in EDGE if edge_status(name).get("holds_address")]
-
-
-def attached_instance():
-    """The edge host the reserved SIP address is attached to, as Vultr's double says."""
-    world = json.loads((STATE / "edge-world.json").read_text())
-    key = (STATE / "edge-api-key").read_text()
-    asked = subprocess.run(["ip", "netns", "exec", "gopbx-mlab", "curl", "-sf", "-H", f"Authorization: Bearer {key}",
-                            f"http://10.28.0.250:8098/v2/reserved-ips/{world['reserved_ips'][0]['id']}"],
-                           capture_output=True, text=True, check=False)
-    instance = json.loads(asked.stdout)["reserved_ip"]["instance_id"] if asked.returncode == 0 else None
-    return next((item["label"] for item in world["instances"] if item["id"] == instance), None)
-
-
-def kamailio_rpc(name, method, *params):
-    """Kamailio's JSONRPC on NAME's own management address (the plan's, local on each edge host)."""
-    body = json.dumps({"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1})
-    result = mlab("run", name, "curl", "-s", "--max-time", "5", "-d", body, "http://172.28.0.15:8080/jsonrpc")
-    return json.loads(result.stdout) if result.stdout else {"error": result.stderr}
-
-
-def probe_registration(user, timeout=30):
-    """REGISTER as USER from the device side until answered 200: {'answered_at', 'attempts'}."""
-    result = on_devices("env", f"PYTHONPATH={REPO}", str(REPO / ".venv/bin/python"), "-m",
-                        "tests.multihost.edge_probe", DEVICE, SIP_ADDRESS, EDGE_TENANT, user, E2E_PASSWORD,
-                        str(timeout))
-    assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
 def edge_tenant(lab):
-    password = json.loads((STATE / "secrets.json").read_text())["api"]["admin_password"]
-    api_on_coordinator(f"""
-import requests
-api = "http://172.28.0.30:8080"
-token = requests.post(api + "/v1/token", json={{"username": "admin", "password": {password!r}}}).json()["access_token"]
-headers = {{"Authorization": "Bearer " + token}}
-requests.delete(api + "/v1/tenants/{EDGE_TENANT}", headers=headers)
-made = requests.post(api + "/v1/tenants", headers=headers, json={{"domain": "{EDGE_TENANT}", "name": "mlab edge",
-                     "max_calls": 1, "calls_per_second": 10, "dispatcher_set": 1}})
-assert made.status_code == 201, made.text
-for number in ("1001", "1002", "1003"):
-    made = requests.post(api + "/v1/tenants/{EDGE_TENANT}/extensions", headers=headers,
-                         json={{"number": number, "password": "{E2E_PASSWORD}"}})
-    assert made.status_code == 201, made.text
-""")
-    # The standby's Kamailio reads tenants from the same database: reload its domain cache too.
-    kamailio_rpc("kam-mel-1", "domain.reload")
-    return EDGE_TENANT
+    return edge.make_tenant(EDGE_TENANT, max_calls=1, numbers=["1001", "1002", "1003"])
 
 
 def test_the_edge_pair_has_one_active_host_holding_the_sip_address(lab):
-    assert wait_for(lambda: edge_holders() == ["coord-syd-1"] and attached_instance() == "coord-syd-1", timeout=60)
-    assert edge_status("coord-syd-1")["state"] == "MASTER"
-    assert edge_status("kam-mel-1")["state"] == "BACKUP"
+    assert wait_for(lambda: edge.edge_holders() == ["coord-syd-1"] and edge.attached_instance() == "coord-syd-1", timeout=60)
+    assert edge.edge_status("coord-syd-1")["state"] == "MASTER"
+    assert edge.edge_status("kam-mel-1")["state"] == "BACKUP"
 
 
 def test_a_registration_reaches_the_standby_over_dmq(edge_tenant, outside):
-    assert probe_registration("1003")["answered_at"]
+    assert edge.probe_registration(EDGE_TENANT, "1003")["answered_at"]
     aor = f"1003@{EDGE_TENANT}"
-    assert wait_for(lambda: "result" in kamailio_rpc("kam-mel-1", "ul.lookup", "location", aor), timeout=5)
-    contacts = kamailio_rpc("kam-mel-1", "ul.lookup", "location", aor)["result"]["Contacts"]
-    assert [contact["Contact"]["Socket"] for contact in contacts] == [f"udp:{SIP_ADDRESS}:5060"]
+    assert wait_for(lambda: "result" in edge.kamailio_rpc("kam-mel-1", "ul.lookup", "location", aor), timeout=5)
+    contacts = edge.kamailio_rpc("kam-mel-1", "ul.lookup", "location", aor)["result"]["Contacts"]
+    assert [contact["Contact"]["Socket"] for contact in contacts] == [f"udp:{edge.SIP_ADDRESS}:5060"]
 
 
 def sipp_to_sip_address(tmp_path, scenario, port, user, tenant, *args, background=False):
     (tmp_path / f"{port}.xml").write_text(scenario)
-    command = ["sipp", f"{SIP_ADDRESS}:5060", "-i", DEVICE, "-ci", DEVICE, "-m", "1", "-nostdin", "-timeout", "60s",
+    command = ["sipp", f"{edge.SIP_ADDRESS}:5060", "-i", edge.DEVICE, "-ci", edge.DEVICE, "-m", "1", "-nostdin", "-timeout", "60s",
                "-timeout_error", "-sf", str(tmp_path / f"{port}.xml"), "-p", str(port), "-au", user, "-ap",
                E2E_PASSWORD, "-key", "tenant", tenant, "-key", "user", user, "-trace_msg", "-message_file",
                str(tmp_path / f"{port}.log"), *map(str, args)]
@@ -506,26 +408,26 @@ def test_sigkill_of_the_active_kamailio_moves_the_sip_address_and_keeps_devices_
     # allowed) and 1002 of the e2e tenant; one device answers for both.
     for tenant, port in ((EDGE_TENANT, 5090), (e2e_tenant, 5091)):
         registered = sipp_to_sip_address(tmp_path, sip.register_scenario("200"), port, "1002", tenant,
-                                         "-key", "contact_host", f"{DEVICE}:5090")
+                                         "-key", "contact_host", f"{edge.DEVICE}:5090")
         assert registered.returncode == 0, log_of(tmp_path, port)
-    callee = on_devices("sipp", "-sf", REPO / "tests/system/scenarios/callee.xml", "-i", DEVICE, "-p", "5090",
-                        "-mi", DEVICE, "-ci", DEVICE, "-rtp_echo", "-m", "3", "-bg")
+    callee = on_devices("sipp", "-sf", REPO / "tests/system/scenarios/callee.xml", "-i", edge.DEVICE, "-p", "5090",
+                        "-mi", edge.DEVICE, "-ci", edge.DEVICE, "-rtp_echo", "-m", "3", "-bg")
     assert "Background mode" in callee.stdout, callee.stdout + callee.stderr
     # The edge tenant's one call, held through the active host; the standby counts it too (DMQ).
     held = sipp_to_sip_address(tmp_path, sip.call_scenario(hold_ms=40000), 5072, "1001", EDGE_TENANT, "-s", "1002",
                                background=True)
     profile = ("dlg.profile_get_size", "tenant_calls", EDGE_TENANT)
     try:
-        assert wait_for(lambda: kamailio_rpc("kam-mel-1", *profile).get("result", {}).get("size") == 1, timeout=20), \
-            kamailio_rpc("kam-mel-1", *profile)
+        assert wait_for(lambda: edge.kamailio_rpc("kam-mel-1", *profile).get("result", {}).get("size") == 1, timeout=20), \
+            edge.kamailio_rpc("kam-mel-1", *profile)
         # Kamailio dies on the active host and stays down (systemd would restart it).
         killed_at = time.time()
         mlab("run", "coord-syd-1", "bash", "-c", "systemctl kill --signal=SIGKILL kamailio; systemctl stop kamailio")
-        first = probe_registration("1003", timeout=30)
+        first = edge.probe_registration(EDGE_TENANT, "1003", timeout=30)
         assert first["answered_at"], "no REGISTER answered 200 after the failover"
-        print(f"\nSIGKILL of Kamailio to the first REGISTER answered 200 through {SIP_ADDRESS}: "
+        print(f"\nSIGKILL of Kamailio to the first REGISTER answered 200 through {edge.SIP_ADDRESS}: "
               f"{first['answered_at'] - killed_at:.2f} s ({first['attempts']} attempts)")
-        assert wait_for(lambda: edge_holders() == ["kam-mel-1"] and attached_instance() == "kam-mel-1", timeout=30)
+        assert wait_for(lambda: edge.edge_holders() == ["kam-mel-1"] and edge.attached_instance() == "kam-mel-1", timeout=30)
         # The edge tenant's held call still counts: a second call is refused.
         refused = sipp_to_sip_address(tmp_path, sip.call_scenario(rejected=["403"], hold_ms=100), 5074, "1001",
                                       EDGE_TENANT, "-s", "1002")

@@ -659,8 +659,9 @@ def _answers(port, name, record_type):
 
 def test_vrrp_is_taken_from_the_keepalived_peers_alone(lowstate):
     def vrrp(minion_id):
-        return sorted(chunk["src"] for chunk in lowstate(minion_id)
-                      if chunk["state"] == "ufw" and chunk.get("proto") == "vrrp")
+        block = [chunk for chunk in lowstate(minion_id) if chunk["__id__"] == "firewall-vrrp-peers-allowed"]
+        return sorted(re.findall(r"^-A ufw-before-input -p vrrp -s (\S+) -j ACCEPT$", block[0]["content"], re.M)) \
+            if block else []
 
     assert vrrp("coord-syd-1") == ["10.29.0.2"] and vrrp("kam-mel-1") == ["10.29.0.1"]
     assert vrrp("fs-syd-1") == [] and vrrp("pgrep-syd-1") == []

@@ -17,11 +17,11 @@ from tests.support import REPO
 HANDLER = REPO / "salt" / "keepalived" / "files" / "libexec" / "keepalived-notify"
 
 
-def run_handler(tmp_path, lines):
+def run_handler(tmp_path, lines, salt_call_seconds=0):
     """The handler, its salt-call replaced by a recorder, reading LINES as its FIFO (EOF ends it)."""
     calls = tmp_path / "calls"
     recorder = tmp_path / "salt-call"
-    recorder.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    recorder.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nsleep {salt_call_seconds}\n")
     recorder.chmod(0o755)
     handler = tmp_path / "keepalived-notify"
     handler.write_text(HANDLER.read_text().replace('["/usr/bin/salt-call"]', json.dumps([str(recorder)]))
@@ -71,8 +71,14 @@ def test_a_malformed_line_records_and_sends_nothing(tmp_path, line):
         "--out=quiet event.send gopbx/keepalived/backup instance=SIP_EDGE priority=100"]
 
 
-def test_the_last_of_a_burst_is_the_recorded_state(tmp_path):
-    burst = [f'INSTANCE "SIP_EDGE" {state} 150\n'.encode() for state in ("BACKUP", "MASTER", "FAULT", "BACKUP")]
-    state, calls = run_handler(tmp_path, burst)
-    assert state == "BACKUP"
-    assert len([call for call in calls if "event.send" in call]) == 4
+def test_a_burst_is_folded_into_the_newest_state_one_salt_call_at_a_time(tmp_path):
+    # A flapping link: forty transitions at once, each salt-call taking 0.3 s.
+    burst = [f'INSTANCE "SIP_EDGE" {state} 150\n'.encode() for state in ("BACKUP", "MASTER") * 20]
+    burst.append(b'INSTANCE "SIP_EDGE" FAULT 150\n')
+    state, calls = run_handler(tmp_path, burst, salt_call_seconds=0.3)
+    assert state == "FAULT"
+    sent = [call for call in calls if "event.send" in call]
+    reconciles = [call for call in calls if "gopbx_edge.reconcile" in call]
+    # The first at once, then one more for all that came meanwhile: the newest.
+    assert 1 <= len(sent) <= 2 and sent[-1].endswith("event.send gopbx/keepalived/fault instance=SIP_EDGE priority=150")
+    assert 1 <= len(reconciles) <= 2

@@ -1,0 +1,123 @@
+"""
+The SIP edge pair of the multi-host lab, as its tests and bench/edge_failover.py
+see it: which host Keepalived made active, who holds the SIP address and whom
+Vultr's double attaches it to, each host's Kamailio, and a device on the
+internet's side of the lab (network namespace gopbx-outside) that registers.
+"""
+
+import json
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from tests.support import REPO
+
+MLAB = REPO / "scripts" / "mlab"
+STATE = Path("/var/lib/gopbx-mlab")
+TOPOLOGY = yaml.safe_load((REPO / "lab" / "mlab" / "topology.yaml").read_text())["mlab"]
+SIP_ADDRESS = "10.28.0.50"
+EDGE = ("coord-syd-1", "kam-mel-1")
+OUTSIDE_NS = "gopbx-outside"
+DEVICE = TOPOLOGY["outside"]
+DEVICE_PASSWORD = "Mlab-Device-Pass-42"
+
+
+def mlab(*args, timeout=3600):
+    return subprocess.run([str(MLAB), *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def on_devices(*command, timeout=120):
+    return subprocess.run(["ip", "netns", "exec", OUTSIDE_NS, *map(str, command)], capture_output=True, text=True,
+                          check=False, timeout=timeout)
+
+
+@contextmanager
+def outside_namespace():
+    """A host on the internet's side: on the lab's bridge, outside the region's private network (the VPC)."""
+    def run(*command):
+        subprocess.run(command, check=True)
+
+    subprocess.run(["ip", "netns", "delete", OUTSIDE_NS], check=False, capture_output=True)
+    run("ip", "netns", "add", OUTSIDE_NS)
+    try:
+        run("ip", "link", "add", "mv-outside", "netns", "gopbx-mlab", "type", "veth", "peer", "name", "eth0",
+            "netns", OUTSIDE_NS)
+        run("ip", "-n", "gopbx-mlab", "link", "set", "mv-outside", "master", "br0", "up")
+        run("ip", "-n", OUTSIDE_NS, "addr", "add", f"{DEVICE}/24", "dev", "eth0")
+        run("ip", "-n", OUTSIDE_NS, "link", "set", "eth0", "up")
+        run("ip", "-n", OUTSIDE_NS, "link", "set", "lo", "up")
+        # Even knowing the plan's private addresses and routing to them through the coordinator.
+        run("ip", "-n", OUTSIDE_NS, "route", "add", "172.28.0.0/24", "via", TOPOLOGY["machines"]["coord-syd-1"])
+        yield OUTSIDE_NS
+    finally:
+        subprocess.run(["ip", "netns", "delete", OUTSIDE_NS], check=False)
+
+
+def api_on_coordinator(code):
+    """Python with the API's venv on the coordinator, where the API is (its plan address)."""
+    result = mlab("run", "coord-syd-1", "/opt/gopbx/api/venv/bin/python", "-c", code)
+    if result.returncode != 0:
+        raise RuntimeError(result.stdout + result.stderr)
+    return result.stdout
+
+
+def make_tenant(domain, max_calls, numbers):
+    """The tenant DOMAIN (made again if it exists), with extensions NUMBERS, through the API."""
+    password = json.loads((STATE / "secrets.json").read_text())["api"]["admin_password"]
+    api_on_coordinator(f"""
+import requests
+api = "http://172.28.0.30:8080"
+token = requests.post(api + "/v1/token", json={{"username": "admin", "password": {password!r}}}).json()["access_token"]
+headers = {{"Authorization": "Bearer " + token}}
+requests.delete(api + "/v1/tenants/{domain}", headers=headers)
+made = requests.post(api + "/v1/tenants", headers=headers, json={{"domain": "{domain}", "name": "mlab",
+                     "max_calls": {max_calls}, "calls_per_second": 10, "dispatcher_set": 1}})
+assert made.status_code == 201, made.text
+for number in {list(numbers)!r}:
+    made = requests.post(api + "/v1/tenants/{domain}/extensions", headers=headers,
+                         json={{"number": number, "password": "{DEVICE_PASSWORD}"}})
+    assert made.status_code == 201, made.text
+""")
+    # Every edge host's Kamailio reads tenants from the database: reload each one's domain cache.
+    for name in EDGE:
+        kamailio_rpc(name, "domain.reload")
+    return domain
+
+
+def edge_status(name):
+    result = mlab("run", name, "salt-call", "--local", "--out=json", "gopbx_edge.status")
+    return json.loads(result.stdout)["local"] if result.returncode == 0 else {"state": "UNREACHABLE"}
+
+
+def edge_holders():
+    """The edge hosts with the SIP address on an interface."""
+    return [name for name in EDGE if edge_status(name).get("holds_address")]
+
+
+def attached_instance():
+    """The edge host the reserved SIP address is attached to, as Vultr's double says."""
+    world = json.loads((STATE / "edge-world.json").read_text())
+    key = (STATE / "edge-api-key").read_text()
+    asked = subprocess.run(["ip", "netns", "exec", "gopbx-mlab", "curl", "-sf", "-H", f"Authorization: Bearer {key}",
+                            f"http://10.28.0.250:8098/v2/reserved-ips/{world['reserved_ips'][0]['id']}"],
+                           capture_output=True, text=True, check=False)
+    instance = json.loads(asked.stdout)["reserved_ip"]["instance_id"] if asked.returncode == 0 else None
+    return next((item["label"] for item in world["instances"] if item["id"] == instance), None)
+
+
+def kamailio_rpc(name, method, *params):
+    """Kamailio's JSONRPC on NAME's own management address (the plan's, local on each edge host)."""
+    body = json.dumps({"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1})
+    result = mlab("run", name, "curl", "-s", "--max-time", "5", "-d", body, "http://172.28.0.15:8080/jsonrpc")
+    return json.loads(result.stdout) if result.stdout else {"error": result.stderr}
+
+
+def probe_registration(domain, user, timeout=30):
+    """REGISTER as USER from the device side until answered 200: {'answered_at': epoch or None, 'attempts'}."""
+    result = on_devices("env", f"PYTHONPATH={REPO}", REPO / ".venv/bin/python", "-m", "tests.multihost.edge_probe",
+                        DEVICE, SIP_ADDRESS, domain, user, DEVICE_PASSWORD, timeout, timeout=timeout + 30)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-2000:])
+    return json.loads(result.stdout)
