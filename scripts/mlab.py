@@ -540,6 +540,15 @@ def edge_double_up():
              "--host", EDGE_DOUBLE[0], "--port", str(EDGE_DOUBLE[1]), "--api-key-file", str(key_file),
              "--world", str(world_file)], cwd=REPO, stdout=log_file, stderr=log_file, start_new_session=True)
     (STATE / "edge-double.pid").write_text(str(process.pid))
+    url = "http://%s:%d/v2/regions" % EDGE_DOUBLE
+    for _ in range(50):
+        if process.poll() is not None:
+            raise SystemExit(f"mlab: the edge's Vultr double exited: see {STATE / 'edge-double.log'}")
+        if subprocess.run(["ip", "netns", "exec", LAB_NS, "curl", "-s", "-o", "/dev/null", url],
+                          check=False).returncode == 0:
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"mlab: the edge's Vultr double does not answer on {url}")
 
 
 def edge_double_down():

@@ -103,6 +103,22 @@ class VultrDouble(ServedDouble):
                                           "subnet_size": 32, "label": label, "instance_id": None, "_pending": None}
         return reserved_id
 
+    def seed(self, world):
+        """What the operator made before: {"instances": [{id, label, region}], "reserved_ips":
+        [{id, region, subnet}], "domains": [name]} (the multi-host lab's SIP edge)."""
+        for spec in world.get("instances", []):
+            self.instances[spec["id"]] = {"id": spec["id"], "label": spec["label"], "hostname": spec["label"],
+                                          "region": spec["region"], "plan": "vc2-2c-4gb", "os_id": 2136,
+                                          "main_ip": spec.get("main_ip", "0.0.0.0"), "status": "active",
+                                          "power_status": "running", "server_status": "ok", "tags": [],
+                                          "user_data": "", "polls": self.polls_until_active, "date_created": ""}
+        for spec in world.get("reserved_ips", []):
+            self.reserved_ips[spec["id"]] = {"id": spec["id"], "region": spec["region"], "ip_type": "v4",
+                                             "subnet": spec["subnet"], "subnet_size": 32, "label": "",
+                                             "instance_id": None, "_pending": None}
+        for name in world.get("domains", []):
+            self.domains.setdefault(name, {})
+
     def _settled(self, reserved):
         pending = reserved["_pending"]
         if pending and time.monotonic() >= pending[1]:
@@ -197,23 +213,6 @@ def _handler(double):
         do_GET = do_POST = do_DELETE = do_PATCH = _serve
 
     return Handler
-
-
-    def seed(self, world):
-        """What the operator made before: {"instances": [{id, label, region}], "reserved_ips":
-        [{id, region, subnet}], "domains": [name]} (the multi-host lab's SIP edge)."""
-        for spec in world.get("instances", []):
-            self.instances[spec["id"]] = {"id": spec["id"], "label": spec["label"], "hostname": spec["label"],
-                                          "region": spec["region"], "plan": "vc2-2c-4gb", "os_id": 2136,
-                                          "main_ip": spec.get("main_ip", "0.0.0.0"), "status": "active",
-                                          "power_status": "running", "server_status": "ok", "tags": [],
-                                          "user_data": "", "polls": self.polls_until_active, "date_created": ""}
-        for spec in world.get("reserved_ips", []):
-            self.reserved_ips[spec["id"]] = {"id": spec["id"], "region": spec["region"], "ip_type": "v4",
-                                             "subnet": spec["subnet"], "subnet_size": 32, "label": "",
-                                             "instance_id": None, "_pending": None}
-        for name in world.get("domains", []):
-            self.domains.setdefault(name, {})
 
 
 def main():

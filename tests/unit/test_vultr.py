@@ -187,3 +187,16 @@ def test_a_dns_record_is_set_once_and_updated_only_when_it_differs(double):
     api.request("POST", "/domains/gopbx.au/records", {"name": "sip", "type": "A", "data": "192.0.2.1", "ttl": 30})
     assert api.set_dns_record("gopbx.au", "sip", "A", "45.76.112.9", 30) is True
     assert [item["data"] for item in api.dns_records("gopbx.au") if item["name"] == "sip"] == ["45.76.112.9"]
+
+
+def test_the_double_serves_a_world_seeded_as_the_lab_names_it(double):
+    # scripts/mlab starts the edge's double with the ids its site pillar names.
+    double.seed({"instances": [{"id": "i-1", "label": "coord-syd-1", "region": "syd", "main_ip": "10.28.0.2"}],
+                 "reserved_ips": [{"id": "r-1", "region": "syd", "subnet": "10.28.0.50"}],
+                 "domains": ["gopbx.mlab.invalid"]})
+    key = double.api_key
+    assert double.answer("GET", "/v2/instances/i-1", {}, {}, key)[1]["instance"]["status"] == "active"
+    reserved = double.answer("GET", "/v2/reserved-ips/r-1", {}, {}, key)[1]["reserved_ip"]
+    assert reserved["subnet"] == "10.28.0.50" and reserved["instance_id"] is None
+    assert double.answer("POST", "/v2/reserved-ips/r-1/attach", {}, {"instance_id": "i-1"}, key)[0] == 204
+    assert double.answer("GET", "/v2/domains/gopbx.mlab.invalid/records", {}, {}, key)[0] == 200
