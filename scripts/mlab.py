@@ -334,6 +334,7 @@ def network_up():
         run("ip", "-n", LAB_NS, "link", "add", "br0", "type", "bridge")
         run("ip", "-n", LAB_NS, "addr", "add", f"{EDGE_DOUBLE[0]}/{prefix_length()}", "dev", "br0")
         run("ip", "-n", LAB_NS, "link", "set", "br0", "up")
+        run("ip", "-n", LAB_NS, "link", "set", "lo", "up")  # the double answers its own address over lo
     for name in TOPOLOGY["machines"]:
         if netns(name) in output("ip", "netns", "list"):
             continue
@@ -544,7 +545,7 @@ def edge_double_up():
     for _ in range(50):
         if process.poll() is not None:
             raise SystemExit(f"mlab: the edge's Vultr double exited: see {STATE / 'edge-double.log'}")
-        if subprocess.run(["ip", "netns", "exec", LAB_NS, "curl", "-s", "-o", "/dev/null", url],
+        if subprocess.run(["ip", "netns", "exec", LAB_NS, "curl", "-s", "--max-time", "2", "-o", "/dev/null", url],
                           check=False).returncode == 0:
             return
         time.sleep(0.2)

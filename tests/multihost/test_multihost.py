@@ -444,6 +444,54 @@ def test_sigkill_of_the_active_kamailio_moves_the_sip_address_and_keeps_devices_
         mlab("run", "coord-syd-1", "systemctl", "start", "kamailio")
 
 
+def mesh_link(action):
+    """Cut (or heal) the private network between the two edge hosts: their WireGuard packets dropped."""
+    flag = "-I" if action == "cut" else "-D"
+    kam = TOPOLOGY["machines"]["kam-mel-1"]
+    for chain, side in (("INPUT", "-s"), ("OUTPUT", "-d")):
+        result = subprocess.run(["ip", "netns", "exec", "mlab-coord-syd-1", "iptables", flag, chain, side, kam,
+                                 "-p", "udp", "--dport" if chain == "OUTPUT" else "--sport", "51820", "-j", "DROP"],
+                                capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+
+
+def test_a_cut_private_link_heals_to_one_holder_with_registrations_kept(edge_tenant, e2e_tenant, outside,
+                                                                        tmp_path):
+    from tests.system import sip
+
+    assert wait_for(lambda: len(edge.edge_holders()) == 1, timeout=90)
+    (tmp_path / "register.xml").write_text(sip.register_scenario("200"))
+    registered = sipp_to_sip_address(tmp_path, sip.register_scenario("200"), 5091, "1002", e2e_tenant,
+                                     "-key", "contact_host", f"{edge.DEVICE}:5090")
+    assert registered.returncode == 0, log_of(tmp_path, 5091)
+    mesh_link("cut")
+    try:
+        # Each side hears no adverts: both act as master (Keepalived has no quorum),
+        # and the timer's reconcile hands Vultr's address back to the higher one.
+        assert wait_for(lambda: edge.edge_status("kam-mel-1")["state"] == "MASTER", timeout=30)
+        assert wait_for(lambda: edge.attached_instance() == "coord-syd-1", timeout=30)
+        assert edge.probe_registration(EDGE_TENANT, "1003", timeout=20)["answered_at"]
+    finally:
+        mesh_link("heal")
+    # Healed: exactly one holder again, and it stays so.
+    assert wait_for(lambda: edge.edge_holders() == ["coord-syd-1"] and edge.attached_instance() == "coord-syd-1",
+                    timeout=30)
+    time.sleep(3)
+    assert edge.edge_holders() == ["coord-syd-1"]
+    assert edge.edge_status("kam-mel-1")["state"] == "BACKUP"
+    # New registrations work, and the device registered before the cut is reached by a call.
+    assert edge.probe_registration(EDGE_TENANT, "1003", timeout=20)["answered_at"]
+    callee = on_devices("sipp", "-sf", REPO / "tests/system/scenarios/callee.xml", "-i", edge.DEVICE, "-p", "5090",
+                        "-mi", edge.DEVICE, "-ci", edge.DEVICE, "-rtp_echo", "-m", "1", "-bg")
+    assert "Background mode" in callee.stdout, callee.stdout + callee.stderr
+    try:
+        called = sipp_to_sip_address(tmp_path, sip.call_scenario(hold_ms=2000, rtp=True), 5076, "1001", e2e_tenant,
+                                     "-s", "1002")
+        assert called.returncode == 0, log_of(tmp_path, 5076)
+    finally:
+        on_devices("pkill", "-x", "sipp")
+
+
 def test_teardown_leaves_nothing_behind(lab):
     # The machines' PID namespaces: those of the processes under each systemd-nspawn.
     nspawns = subprocess.run(["pgrep", "-f", "systemd-nspawn"], capture_output=True, text=True).stdout.split()
