@@ -62,14 +62,6 @@ def active_host(timeout=90):
     raise SystemExit(f"no single active edge host after {timeout} s: {edge.edge_holders()}")
 
 
-def kill_kamailio(host):
-    edge.mlab("run", host, "bash", "-c", "systemctl kill --signal=SIGKILL kamailio; systemctl stop kamailio")
-
-
-def restore_kamailio(host):
-    edge.mlab("run", host, "systemctl", "start", "kamailio")
-
-
 def cut_off(host):
     subprocess.run(["ip", "-n", f"mlab-{host}", "link", "set", "eth0", "down"], check=True)
 
@@ -78,7 +70,7 @@ def reconnect(host):
     subprocess.run(["ip", "-n", f"mlab-{host}", "link", "set", "eth0", "up"], check=True)
 
 
-FAULTS = {"Kamailio SIGKILL": (kill_kamailio, restore_kamailio), "host cut off": (cut_off, reconnect)}
+FAULTS = {"Kamailio SIGKILL": (edge.kill_kamailio, edge.restore_kamailio), "host cut off": (cut_off, reconnect)}
 
 
 def settled(timeout=90):

@@ -86,6 +86,18 @@ for number in {list(numbers)!r}:
     return domain
 
 
+def kill_kamailio(name):
+    """SIGKILL every Kamailio process on NAME and keep it down: masked, so systemd does
+    not restart it (this container's systemd cannot kill a unit's control group, so
+    `systemctl kill` and `stop` leave Kamailio's children running)."""
+    mlab("run", name, "bash", "-c", "systemctl mask --runtime kamailio; pkill -KILL -x kamailio")
+
+
+def restore_kamailio(name):
+    mlab("run", name, "bash", "-c", "systemctl unmask --runtime kamailio; systemctl reset-failed kamailio; "
+                                    "systemctl start kamailio")
+
+
 def edge_status(name):
     result = mlab("run", name, "salt-call", "--local", "--out=json", "gopbx_edge.status")
     return json.loads(result.stdout)["local"] if result.returncode == 0 else {"state": "UNREACHABLE"}

@@ -422,8 +422,9 @@ def test_sigkill_of_the_active_kamailio_moves_the_sip_address_and_keeps_devices_
         assert wait_for(lambda: edge.kamailio_rpc("kam-mel-1", *profile).get("result") == 1, timeout=20), \
             edge.kamailio_rpc("kam-mel-1", *profile)
         # Kamailio dies on the active host and stays down (systemd would restart it).
+        assert edge.edge_holders() == ["coord-syd-1"]
         killed_at = time.time()
-        mlab("run", "coord-syd-1", "bash", "-c", "systemctl kill --signal=SIGKILL kamailio; systemctl stop kamailio")
+        edge.kill_kamailio("coord-syd-1")
         first = edge.probe_registration(EDGE_TENANT, "1003", timeout=30)
         assert first["answered_at"], "no REGISTER answered 200 after the failover"
         print(f"\nSIGKILL of Kamailio to the first REGISTER answered 200 through {edge.SIP_ADDRESS}: "
@@ -442,7 +443,7 @@ def test_sigkill_of_the_active_kamailio_moves_the_sip_address_and_keeps_devices_
     finally:
         held.kill()
         on_devices("pkill", "-x", "sipp")
-        mlab("run", "coord-syd-1", "systemctl", "start", "kamailio")
+        edge.restore_kamailio("coord-syd-1")
 
 
 def mesh_link(action):
