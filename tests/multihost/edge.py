@@ -21,6 +21,9 @@ SIP_ADDRESS = "10.28.0.50"
 EDGE = ("coord-syd-1", "kam-mel-1")
 OUTSIDE_NS = "gopbx-outside"
 DEVICE = TOPOLOGY["outside"]
+# More devices on the internet's side, for the probe: it REGISTERs every 0.2 s, and
+# from one address that is a flood Kamailio's pike bans (as it should).
+PROBE_DEVICES = [f"10.28.0.{201 + index}" for index in range(20)]
 DEVICE_PASSWORD = "Mlab-Device-Pass-42"
 
 
@@ -46,6 +49,8 @@ def outside_namespace():
             "netns", OUTSIDE_NS)
         run("ip", "-n", "gopbx-mlab", "link", "set", "mv-outside", "master", "br0", "up")
         run("ip", "-n", OUTSIDE_NS, "addr", "add", f"{DEVICE}/24", "dev", "eth0")
+        for address in PROBE_DEVICES:
+            run("ip", "-n", OUTSIDE_NS, "addr", "add", f"{address}/32", "dev", "eth0")
         run("ip", "-n", OUTSIDE_NS, "link", "set", "eth0", "up")
         run("ip", "-n", OUTSIDE_NS, "link", "set", "lo", "up")
         # Even knowing the plan's private addresses and routing to them through the coordinator.
@@ -129,7 +134,8 @@ def kamailio_rpc(name, method, *params):
 def probe_registration(domain, user, timeout=30):
     """REGISTER as USER from the device side until answered 200: {'answered_at': epoch or None, 'attempts'}."""
     result = on_devices("env", f"PYTHONPATH={REPO}", REPO / ".venv/bin/python", "-m", "tests.multihost.edge_probe",
-                        DEVICE, SIP_ADDRESS, domain, user, DEVICE_PASSWORD, timeout, timeout=timeout + 30)
+                        ",".join(PROBE_DEVICES), SIP_ADDRESS, domain, user, DEVICE_PASSWORD, timeout,
+                        timeout=timeout + 30)
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])
     return json.loads(result.stdout)

@@ -1,11 +1,12 @@
 """
-A device on the internet's side of the multi-host lab, run in its network
-namespace: REGISTERs (digest-authenticated) to the SIP address over and over
-until one is answered 200, then prints, as JSON, the wall-clock time of that
-answer and how many attempts it took. The failover tests and
-bench/edge_failover.py take the time from the fault to that first 200.
+Devices on the internet's side of the multi-host lab, run in its network
+namespace: REGISTERs (digest-authenticated) to the SIP address over and over,
+from each of LOCAL_IPS in turn (one address asking five times a second is a
+flood Kamailio bans), until one is answered 200; then prints, as JSON, the
+wall-clock time of that answer and how many attempts it took. The failover
+tests and bench/edge_failover.py take the time from the fault to that first 200.
 
-    python -m tests.multihost.edge_probe LOCAL_IP TARGET_IP DOMAIN USER PASSWORD [TIMEOUT]
+    python -m tests.multihost.edge_probe LOCAL_IP[,LOCAL_IP...] TARGET_IP DOMAIN USER PASSWORD [TIMEOUT]
 """
 
 import json
@@ -22,10 +23,11 @@ class QuickPeer(sipclient.UdpPeer):
         return super().final_response(timeout)
 
 
-def first_registration(local_ip, target, domain, user, password, timeout=30.0):
+def first_registration(local_ips, target, domain, user, password, timeout=30.0):
     deadline = time.monotonic() + timeout
     attempts = 0
     while time.monotonic() < deadline:
+        local_ip = local_ips[attempts % len(local_ips)]
         attempts += 1
         peer = QuickPeer(local_ip)
         try:
@@ -40,6 +42,6 @@ def first_registration(local_ip, target, domain, user, password, timeout=30.0):
 
 
 if __name__ == "__main__":
-    local_ip, target, domain, user, password = sys.argv[1:6]
+    local_ips, target, domain, user, password = sys.argv[1:6]
     timeout = float(sys.argv[6]) if len(sys.argv) > 6 else 30.0
-    print(json.dumps(first_registration(local_ip, target, domain, user, password, timeout)))
+    print(json.dumps(first_registration(local_ips.split(","), target, domain, user, password, timeout)))
