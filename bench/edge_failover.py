@@ -8,8 +8,9 @@ Faults, each run on whichever edge host is active at the time (they alternate):
 
 - Kamailio SIGKILL: Kamailio killed and kept down (systemd would restart it);
   Keepalived's track script notices (check_interval x check_fall) and gives up.
-- host cut off: the active host's network taken away at once (its links down),
-  as its peers see a power loss: VRRP adverts stop.
+- power off: every process of the active host frozen at once (cgroup freezer),
+  as a machine that loses power: nothing on it reacts, its peers hear silence;
+  then thawed, as if powered on with its memory intact.
 
 Each fault runs with GoPBX's settings (VRRPv3 adverts every 0.1 s) and, as the
 baseline in the same run, with the seed's (adverts every 1 s, Keepalived's
@@ -27,7 +28,6 @@ as Keepalived puts it on the new host; on Vultr the move adds its API time.
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -62,15 +62,7 @@ def active_host(timeout=90):
     raise SystemExit(f"no single active edge host after {timeout} s: {edge.edge_holders()}")
 
 
-def cut_off(host):
-    subprocess.run(["ip", "-n", f"mlab-{host}", "link", "set", "eth0", "down"], check=True)
-
-
-def reconnect(host):
-    subprocess.run(["ip", "-n", f"mlab-{host}", "link", "set", "eth0", "up"], check=True)
-
-
-FAULTS = {"Kamailio SIGKILL": (edge.kill_kamailio, edge.restore_kamailio), "host cut off": (cut_off, reconnect)}
+FAULTS = {"Kamailio SIGKILL": (edge.kill_kamailio, edge.restore_kamailio), "power off": (edge.power_off, edge.power_on)}
 
 
 def settled(timeout=90):

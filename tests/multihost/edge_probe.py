@@ -31,8 +31,10 @@ def first_registration(local_ips, target, domain, user, password, timeout=30.0):
         attempts += 1
         peer = QuickPeer(local_ip)
         try:
+            # One device's one binding, however many attempts: new contacts would pile up
+            # to kamailio:max_contacts, and then every REGISTER is refused.
             response = sipclient.register(peer, (target, 5060), domain, user, password,
-                                          [f"sip:{user}@{local_ip}:{peer.port}"], expires=300)
+                                          [f"sip:{user}@{local_ips[0]}:5999"], expires=300)
         finally:
             peer.close()
         if response and response.startswith("SIP/2.0 200"):
