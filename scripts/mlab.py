@@ -631,6 +631,9 @@ def down(args):
         if netns(name) in output("ip", "netns", "list").split():
             run("ip", "netns", "del", netns(name))
     edge_double_down()
+    # The freezer groups the edge tests and benchmark power machines off with (tests/multihost/edge.py).
+    for group in Path("/sys/fs/cgroup/freezer").glob("gopbx-mlab-*"):
+        group.rmdir()
     if LAB_NS in output("ip", "netns", "list").split():
         run("ip", "netns", "del", LAB_NS)
     log("down: no machine, mount or namespace left")

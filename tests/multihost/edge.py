@@ -7,7 +7,6 @@ internet's side of the lab (network namespace gopbx-outside) that registers.
 
 import json
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -129,21 +128,9 @@ def power_off(name):
 
 
 def power_on(name):
-    """NAME runs again where it stopped (its clocks jump; its peers see it come back)."""
-    group = FREEZER / f"gopbx-mlab-{name}"
-    (group / "freezer.state").write_text("THAWED")
-    for pid in (group / "cgroup.procs").read_text().split():
-        try:
-            (FREEZER / "cgroup.procs").write_text(pid)
-        except OSError:
-            pass
-    for _ in range(50):  # the kernel lets go of a group shortly after its last task left
-        try:
-            group.rmdir()
-            return
-        except OSError:
-            time.sleep(0.1)
-    group.rmdir()
+    """NAME runs again where it stopped (its clocks jump; its peers see it come back).
+    Its processes stay in the thawed group, which scripts/mlab down removes."""
+    (FREEZER / f"gopbx-mlab-{name}" / "freezer.state").write_text("THAWED")
 
 
 def edge_status(name):
