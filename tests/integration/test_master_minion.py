@@ -61,7 +61,7 @@ COORDINATOR_SECRETS = {"postgres:kamailio", "postgres:api", "postgres:salt", "po
 SECRETS_BY_MINION = {
     "coord-syd-1": COORDINATOR_SECRETS,
     "lab-coord-7": COORDINATOR_SECRETS,
-    "kam-mel-1": {"postgres:kamailio", "redis:password", "vultr:edge_api_key"},
+    "kam-mel-1": {"postgres:kamailio", "vultr:edge_api_key"},
     "fs-syd-1": {"freeswitch:esl_password", "freeswitch:signalwire_token"},
     "fs-mel-12": {"freeswitch:esl_password", "freeswitch:signalwire_token"},
     "pgrep-syd-1": set(),
