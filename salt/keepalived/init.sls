@@ -145,7 +145,7 @@ keepalived-reconcile-units-managed:
             After=keepalived.service
             [Service]
             Type=oneshot
-            ExecStart=/usr/bin/salt-call --local --out=quiet --log-file-level=warning gopbx_edge.reconcile
+            ExecStart=/usr/bin/salt-call --local --out-file=/dev/null --log-file-level=warning gopbx_edge.reconcile
       - /etc/systemd/system/gopbx-edge-reconcile.timer:
         - contents: |
             # Managed by Salt (keepalived formula).

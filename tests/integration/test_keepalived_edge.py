@@ -133,7 +133,7 @@ class EdgeHost:
         salt_call = [str(VENV_BIN / "salt-call"), "-c", str(self.base / "etc")]
         for script in (FORMULA / "files" / "libexec").iterdir():
             text = script.read_text()
-            text = text.replace('["timeout", "30", *SALT_CALL, "--out=quiet", "event.send"]',
+            text = text.replace('["timeout", "30", *SALT_CALL, "--out-file=/dev/null", "event.send"]',
                                 json.dumps([str(self.libexec / "record-event")]))
             text = text.replace('["/usr/bin/salt-call"]', json.dumps(salt_call))
             text = text.replace("/usr/bin/salt-call", " ".join(salt_call)).replace("/run/gopbx-edge",

@@ -42,7 +42,7 @@ def run_handler(tmp_path, lines, salt_call_seconds=0):
 def test_a_transition_is_recorded_sent_and_reconciled(tmp_path):
     state, calls = run_handler(tmp_path, [b'INSTANCE "SIP_EDGE" MASTER 150\n'])
     assert state == "MASTER"
-    assert "--out=quiet event.send gopbx/keepalived/master instance=SIP_EDGE priority=150" in calls
+    assert "--out-file=/dev/null event.send gopbx/keepalived/master instance=SIP_EDGE priority=150" in calls
     assert any(call.endswith("gopbx_edge.reconcile transition=True") for call in calls)
 
 
@@ -68,7 +68,7 @@ def test_a_malformed_line_records_and_sends_nothing(tmp_path, line):
     state, calls = run_handler(tmp_path, [b'INSTANCE "SIP_EDGE" BACKUP 100\n', line])
     assert state == "BACKUP"
     assert [call for call in calls if "event.send" in call] == [
-        "--out=quiet event.send gopbx/keepalived/backup instance=SIP_EDGE priority=100"]
+        "--out-file=/dev/null event.send gopbx/keepalived/backup instance=SIP_EDGE priority=100"]
 
 
 def test_a_burst_is_folded_into_the_newest_state_one_salt_call_at_a_time(tmp_path):
