@@ -48,7 +48,10 @@ def psql(sql, dbname="postgres"):
         salt-call gopbx_db.psql 'select 1'
     """
     result = __salt__["cmd.run_all"](  # noqa: F821
-        ["psql", "-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-d", dbname],
+        # The socket of the server on 5432, named: under Patroni, Debian's own
+        # (stopped) cluster is still psql's default.
+        ["psql", "-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-h", "/var/run/postgresql", "-p", "5432",
+         "-d", dbname],
         stdin=sql,
         runas="postgres",
         cwd="/",

@@ -335,7 +335,10 @@ def _check_relations(formula, merged, pillar):
     if formula == "nginx" and merged["certificate"] == "letsencrypt" and "@" not in merged["acme_email"]:
         _fail("nginx:acme_email", "must be an address Let's Encrypt can write to when nginx:certificate is letsencrypt")
     if formula == "postgres":
-        _check_postgres(merged)
+        _check_postgres(merged, pillar)
+        _check_patroni(merged, pillar)
+    if formula == "etcd":
+        _check_etcd(merged, pillar)
     if formula == "freeswitch":
         _check_freeswitch(merged, pillar)
     if formula == "pgbouncer":
@@ -348,7 +351,38 @@ def _check_relations(formula, merged, pillar):
         _check_wireguard(merged)
 
 
-def _check_postgres(merged):
+def _mesh_addresses(key, members, pillar):
+    """Each member's WireGuard address (wireguard:hosts), which its cluster peers reach it at."""
+    hosts = _lookup(pillar, "wireguard:hosts") or {}
+    for index, name in enumerate(members):
+        if not isinstance(hosts.get(name), dict) or not hosts[name].get("address"):
+            _fail(f"{key}:{index}", f"is {name!r}, which wireguard:hosts gives no mesh address")
+    return {name: hosts[name]["address"] for name in members}
+
+
+def _check_etcd(merged, pillar):
+    members = merged["members"]
+    if members and len(members) % 2 == 0:
+        _fail("etcd:members", f"must be an odd number of hosts (a quorum survives one loss), got {len(members)}")
+    _mesh_addresses("etcd:members", members, pillar)
+
+
+def _check_patroni(merged, pillar):
+    patroni = merged["patroni"]
+    if not patroni["members"]:
+        return
+    _mesh_addresses("postgres:patroni:members", patroni["members"], pillar)
+    if not _lookup(pillar, "etcd:members"):
+        _fail("etcd:members", "is missing: Patroni keeps the leader lock in etcd")
+    if patroni["ttl"] <= patroni["loop_wait"] + 2 * patroni["retry_timeout"]:
+        _fail("postgres:patroni:ttl", f"is {patroni['ttl']}: it must exceed loop_wait + 2 x retry_timeout "
+              f"({patroni['loop_wait'] + 2 * patroni['retry_timeout']}), or a healthy primary loses its lock")
+    for name in ("superuser", "patroni_rest"):
+        if not _lookup(pillar, f"secrets:postgres:{name}"):
+            _fail(f"secrets:postgres:{name}", "is missing: Patroni (postgres:patroni:members) needs it")
+
+
+def _check_postgres(merged, pillar):
     for setid in merged["dispatcher_sets"]:
         if isinstance(setid, bool) or not isinstance(setid, int) or not 0 < setid <= 2**31 - 1:
             _fail(f"postgres:dispatcher_sets:{setid}", "must be keyed by a set id (a positive whole number)")

@@ -66,15 +66,10 @@ def __virtual__():
     return __virtualname__
 
 
-RUNNER_CONFIG = "master.d/gopbx-runner.conf"
 
 
 def _settings():
-    settings = dict(__opts__.get("gopbx") or {})  # noqa: F821
-    path = os.path.join(os.path.dirname(__opts__["conf_file"]), RUNNER_CONFIG)  # noqa: F821
-    if os.path.exists(path):
-        with salt.utils.files.fopen(path) as handle:
-            settings.update((salt.utils.yaml.safe_load(handle) or {}).get("gopbx") or {})
+    settings = __utils__["gopbx_runner.settings"](__opts__)  # noqa: F821
     missing = [key for key in ("database_dsn", "kamailio_rpc_url", "allowed_networks") if not settings.get(key)]
     if missing:
         raise SaltInvocationError(f"master config key 'gopbx' lacks {', '.join(missing)}")
@@ -382,3 +377,30 @@ def provision(request=None):
     detail = {key: outcome.get(key) for key in ("id", "region", "plan", "main_ip")}
     _finish(settings, request_id, "created", name, detail)
     return {"provisioned": True, "name": name, **detail}
+
+
+def db_status():
+    """
+    The database cluster: members, roles, lag, timeline and etcd (gopbx_db.status).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run gopbx.db_status
+    """
+    return __salt__["gopbx_db.status"]()  # noqa: F821  (a runner's __salt__ holds the runners)
+
+
+def failover(candidate=None, force=False, test=False):
+    """
+    A planned switchover of the database (``force=True``: a failover; ``test=True``:
+    a dry run), through Patroni (gopbx_db.failover).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run gopbx.failover test=True
+    """
+    return __salt__["gopbx_db.failover"](candidate=candidate, force=force, test=test)  # noqa: F821

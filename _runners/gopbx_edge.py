@@ -41,7 +41,6 @@ __virtualname__ = "gopbx_edge"
 EDGE_ID = re.compile(r"^(coord|kam)-[a-z]+-[0-9]+$")
 TAG = re.compile(r"^gopbx/keepalived/(master|backup|fault|stop)$")
 PRIORITY = re.compile(r"^[0-9]{1,3}$")
-RUNNER_CONFIG = "master.d/gopbx-runner.conf"
 ASK_TIMEOUT = 10
 
 
@@ -50,11 +49,7 @@ def __virtual__():
 
 
 def _edge_hosts():
-    settings = dict(__opts__.get("gopbx") or {})  # noqa: F821  (a loader dunder)
-    path = os.path.join(os.path.dirname(__opts__["conf_file"]), RUNNER_CONFIG)  # noqa: F821
-    if os.path.exists(path):
-        with salt.utils.files.fopen(path) as handle:
-            settings.update((salt.utils.yaml.safe_load(handle) or {}).get("gopbx") or {})
+    settings = __utils__["gopbx_runner.settings"](__opts__)  # noqa: F821  (a loader dunder)
     return [name for name in settings.get("edge_hosts") or [] if isinstance(name, str) and EDGE_ID.fullmatch(name)]
 
 

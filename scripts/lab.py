@@ -26,7 +26,7 @@ from gopbx_api.passwords import hash_password  # noqa: E402  (no third-party imp
 LAB = REPO / ".lab"
 MINION_ID = "lab-coord-1"
 SECRET_NAMES = {
-    "postgres": ["kamailio", "api", "salt", "metrics", "replicator"],
+    "postgres": ["kamailio", "api", "salt", "metrics", "replicator", "superuser", "patroni_rest"],
     "redis": ["password"],
     "api": ["jwt_key", "admin_password"],
     "freeswitch": ["esl_password"],

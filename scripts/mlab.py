@@ -49,10 +49,10 @@ ROLE_PACKAGES = ["rsyslog", "postgresql-15", "postgresql-client-15", "pgbouncer"
                  "kamailio", "kamailio-postgres-modules", "kamailio-tls-modules", "kamailio-sqlite-modules", "sqlite3",
                  "kamailio-xml-modules", "rtpengine-daemon", "nginx", "openssl", "sip-tester",
                  "python3-dev", "gcc", "libpq-dev", "logrotate", "ufw", "gnupg", "keepalived",
-                 "wireguard-tools", "wireguard-go", "knot", "knot-dnsutils"]
+                 "wireguard-tools", "wireguard-go", "knot", "knot-dnsutils", "patroni", "etcd-server", "etcd-client"]
 # Packages enable their services; a fresh VM has none running until Salt says so.
 PACKAGE_SERVICES = ["postgresql", "pgbouncer", "redis-server", "kamailio", "rtpengine-daemon", "nginx",
-                    "keepalived", "knot"]
+                    "keepalived", "knot", "etcd", "patroni"]
 # The Vultr double's port on the coordinator (the lab's salt-cloud talks to it).
 VULTR_DOUBLE_PORT = 8099
 # The SIP edge's Vultr double: on the lab's segment (both Kamailio hosts reach it,
@@ -501,6 +501,11 @@ def highstate():
         if not isinstance(states, dict) or not all(state.get("result") for state in states.values()):
             log(f"the mesh on {minion} did not come up first: {str(states)[:2000]}")
     salt_json("salt", "-L", mesh, "mine.update", "--timeout=120")
+    # Then the mesh with every peer, and etcd on it: the database's first primary
+    # (Patroni, in the coordinator's highstate) needs etcd's quorum of two.
+    for minion, states in salt_json("salt", "-L", mesh, "state.apply", "wireguard,etcd", "--timeout=300").items():
+        if not isinstance(states, dict) or not all(state.get("result") for state in states.values()):
+            log(f"the mesh or etcd on {minion} did not come up: {str(states)[:2000]}")
     returned = salt_json("salt", coordinator(), "state.apply", "--timeout=900")
     returned.update(salt_json("salt", "-C", f"* and not {coordinator()}", "state.apply", "--timeout=900"))
     summary = {}

@@ -19,9 +19,13 @@ postgres:
     1: {region: syd, description: Sydney media nodes}
     2: {region: mel, description: Melbourne media nodes}
   pgdg: true
-  # The replica reaches the primary on the coordinator's public address (hostssl,
-  # and pg_hba admits only the replica's address for replication).
-  extra_listen_addresses: [149.28.188.104]
+  # Patroni runs the primary and its synchronous replica; they replicate over the
+  # mesh (hostssl, from the members alone).
+  patroni:
+    members: [coord-syd-1, pgrep-syd-1]
+# Patroni's leader lock: three hosts in two locations, so any one may be lost.
+etcd:
+  members: [coord-syd-1, pgrep-syd-1, kam-mel-1]
 kamailio:
   # SIP on the floating IP, which Keepalived moves between Sydney and Melbourne.
   sip_addresses: [103.43.75.51]

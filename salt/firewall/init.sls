@@ -55,6 +55,23 @@ firewall-salt-master-from-{{ source }}-allowed:
       - ufw: firewall-ufw-enabled
 {%- endfor %}
 
+{%- for source in firewall.mesh_sources %}
+{%-   for spec in firewall.mesh %}
+{%-     set port, proto = spec.split('/') %}
+
+firewall-mesh-{{ spec }}-from-{{ source }}-allowed:
+  ufw.rule_present:
+    - src: {{ source }}
+    - dport: '{{ port }}'
+    - proto: {{ proto }}
+    - comment: gopbx mesh
+    - require:
+      - pkg: firewall-ufw-pkg-installed
+    - require_in:
+      - ufw: firewall-ufw-enabled
+{%-   endfor %}
+{%- endfor %}
+
 {#- VRRP (IP protocol 112, no ports) from the SIP edge peers alone: ufw's rule
     syntax has no portless protocol rule that saltext-ufw accepts, so it goes in
     ufw's own before.rules, which ufw loads with its rules. #}

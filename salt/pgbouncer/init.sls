@@ -3,6 +3,7 @@
     plaintext password is kept anywhere. #}
 {%- from 'pgbouncer/map.jinja' import pgbouncer with context %}
 {%- from 'postgres/map.jinja' import postgres with context %}
+{%- set follows_patroni = postgres.patroni.members | length > 0 %}
 
 pgbouncer-pkg-installed:
   pkg.installed:
@@ -16,6 +17,7 @@ pgbouncer-config-managed:
     - context:
         pgbouncer: {{ pgbouncer | json }}
         database: {{ postgres.database }}
+        follows_patroni: {{ follows_patroni }}
     - user: postgres
     - group: postgres
     - mode: '0640'
@@ -36,6 +38,27 @@ pgbouncer-userlist-managed:
         {%- endfor %}
     - require:
       - pkg: pgbouncer-pkg-installed
+
+{%- if follows_patroni %}
+
+{#- The primary, wherever Patroni runs it: set now, then kept by this host's own
+    schedule and, at once on a role change, by the masters (gopbx_db.follow). #}
+pgbouncer-follows-primary:
+  gopbx_patroni.pgbouncer_follows:
+    - name: /etc/pgbouncer/databases.ini
+    - require:
+      - pkg: pgbouncer-pkg-installed
+    - require_in:
+      - cmd: pgbouncer-service-restarted
+
+pgbouncer-follows-primary-scheduled:
+  schedule.present:
+    - name: gopbx-pgbouncer-follows-primary
+    - function: gopbx_patroni.follow
+    - seconds: {{ pgbouncer.follow_interval }}
+    - maxrunning: 1
+    - return_job: False
+{%- endif %}
 
 # A changed pgbouncer.ini gets a full stop and start: Debian's init script
 # restarts "online" through the unix socket, which this setup turns off.

@@ -20,53 +20,15 @@ postgres-server-pkg-installed:
       - postgresql-{{ version }}
       - postgresql-client-{{ version }}
 
-postgres-cluster-created:
-  cmd.run:
-    - name: pg_createcluster {{ version }} main
-    - creates: {{ postgres.conf_dir }}/postgresql.conf
-    - require:
-      - pkg: postgres-server-pkg-installed
-
-postgres-config-managed:
-  file.managed:
-    - name: {{ postgres.conf_dir }}/conf.d/gopbx.conf
-    - source: salt://postgres/files/gopbx.conf.jinja
-    - template: jinja
-    - context:
-        postgres: {{ postgres | json }}
-    - user: postgres
-    - group: postgres
-    - mode: '0644'
-    - require:
-      - cmd: postgres-cluster-created
-
-postgres-hba-managed:
-  file.managed:
-    - name: {{ postgres.conf_dir }}/pg_hba.conf
-    - source: salt://postgres/files/pg_hba.conf.jinja
-    - template: jinja
-    - context:
-        postgres: {{ postgres | json }}
-    - user: postgres
-    - group: postgres
-    - mode: '0640'
-    - require:
-      - cmd: postgres-cluster-created
-
-postgres-service-running:
-  service.running:
-    - name: postgresql
-    - enable: True
-    - watch:
-      - file: postgres-config-managed
-
-postgres-hba-reloaded:
-  cmd.run:
-    - name: pg_ctlcluster {{ version }} main reload
-    - onchanges:
-      - file: postgres-hba-managed
-    - require:
-      - service: postgres-service-running
+{%- if postgres.patroni.members %}
+{%-   include 'postgres/patroni.jinja' %}
+{%- else %}
+{%-   include 'postgres/cluster.jinja' %}
+{%- endif %}
+{#- Roles, the database and migrations are written on the primary alone: a
+    replica gets them by replication (and makes them itself if it is promoted). #}
+{%- set on_primary = 'curl -sf -o /dev/null http://' ~ salt['gopbx_pillar.plain']('wireguard:hosts:' ~ grains['id'] ~ ':address', '')
+                     ~ ':' ~ postgres.patroni.rest_port ~ '/primary' if postgres.patroni.members else 'true' %}
 
 {%- for role, spec in postgres.login_roles | dictsort %}
 postgres-role-{{ role }}-present:
@@ -74,15 +36,17 @@ postgres-role-{{ role }}-present:
     - name: {{ role }}
     - password: {{ postgres.secrets[spec.secret] | json }}
     - replication: {{ spec.replication }}
+    - onlyif: {{ on_primary }}
     - require:
-      - service: postgres-service-running
+      - postgres-ready
 {%- endfor %}
 
 postgres-database-present:
   gopbx_db.database_present:
     - name: {{ postgres.database }}
+    - onlyif: {{ on_primary }}
     - require:
-      - service: postgres-service-running
+      - postgres-ready
 
 postgres-migrations-files-managed:
   file.recurse:
@@ -96,6 +60,7 @@ postgres-schema-migrated:
   gopbx_db.migrated:
     - name: {{ postgres.database }}
     - directory: /usr/share/gopbx/migrations
+    - onlyif: {{ on_primary }}
     - require:
       - gopbx_db: postgres-database-present
       - file: postgres-migrations-files-managed
@@ -109,6 +74,7 @@ postgres-dispatcher-set-{{ setid }}-present:
     - name: '{{ setid }}'
     - description: {{ dispatcher_set.description | json }}
     - region: {{ dispatcher_set.region | json }}
+    - onlyif: {{ on_primary }}
     - require:
       - gopbx_db: postgres-schema-migrated
 {%- endfor %}

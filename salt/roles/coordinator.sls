@@ -3,6 +3,7 @@
 include:
   - wireguard
   - network
+  - etcd
   - postgres
   - pgbouncer
   - redis

@@ -3,6 +3,7 @@
 include:
   - wireguard
   - network
+  - etcd
   - rtpengine
   - kamailio
   - keepalived

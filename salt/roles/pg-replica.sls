@@ -1,3 +1,6 @@
-# The PostgreSQL streaming replica (pgrep-<region>-<n>): common only, for now.
+# The PostgreSQL replica (pgrep-<region>-<n>): a Patroni member, the synchronous
+# standby that takes over as primary when the coordinator's database fails.
 include:
   - wireguard
+  - etcd
+  - postgres

@@ -10,7 +10,8 @@
       'redis_url': 'redis://:' ~ salt_master.secrets['redis:password'] ~ '@' ~ salt_master.plan.redis ~ ':6379/0',
       'allowed_networks': salt_master.allowed_networks,
       'placement': salt_master.placement,
-      'edge_hosts': salt['gopbx_pillar.plain']('keepalived:peers', {}) | list | sort} } %}
+      'edge_hosts': salt['gopbx_pillar.plain']('keepalived:peers', {}) | list | sort,
+      'database_hosts': salt['gopbx_pillar.plain']('postgres:patroni:members', []) | sort} } %}
 
 # The region's secrets file is GPG-encrypted (#!yaml|gpg): the master decrypts it
 # with its key in gpg_keydir (etc/salt/master.d/gopbx.conf), readable by root only.
@@ -23,6 +24,7 @@ salt-master-gpg-keydir-managed:
     - name: {{ salt_master.config_dir }}/gpgkeys
     - user: root
     - mode: '0700'
+    - makedirs: True
     - require:
       - pkg: salt-master-gnupg-pkg-installed
 

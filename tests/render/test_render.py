@@ -5,9 +5,12 @@ each rendered configuration is accepted by its own program.
 
 import json
 import re
+import socket
 import subprocess
+from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.doubles import freeswitch_rules
 from tests.render import checkers
@@ -117,8 +120,11 @@ def test_every_role_renders_its_formulas(lowstate, minion_id):
         # Its own RTPEngine and Kamailio, at their plan addresses on its own interface.
         expected |= {"network", "rtpengine", "kamailio", "keepalived"}
     # The region's WireGuard mesh: every host but the media nodes (none in the single-host lab).
+    # and etcd on three of its hosts (Patroni's leader lock), PostgreSQL on two.
     if ROLE_OF[minion_id] in ("coordinator", "kamailio-standby", "pg-replica") and not minion_id.startswith("lab-"):
-        expected |= {"wireguard"}
+        expected |= {"wireguard", "etcd"}
+    if ROLE_OF[minion_id] == "pg-replica":
+        expected |= {"postgres"}
     if ROLE_OF[minion_id] == "freeswitch":
         expected |= {"freeswitch", "freeswitch.ready"}
     assert formulas == expected
@@ -132,9 +138,8 @@ def test_roles_come_from_the_minion_id(rendered, minion_id):
     assert rendered(minion_id)["/etc/gopbx/roles"].strip().split("\n")[1:] == [ROLE_OF[minion_id]] + extra
 
 
-@pytest.mark.parametrize("minion_id", COORDINATORS)
-def test_postgres_config_is_accepted_by_postgres(rendered, minion_id):
-    version = 15 if minion_id.startswith("lab-") else 16
+def test_a_lone_postgres_config_is_accepted_by_postgres(rendered):
+    minion_id, version = "lab-coord-1", 15
     files = rendered(minion_id)
     result = checkers.check_postgres(files[f"/etc/postgresql/{version}/main/conf.d/gopbx.conf"],
                                      files[f"/etc/postgresql/{version}/main/pg_hba.conf"])
@@ -145,27 +150,112 @@ def test_postgres_config_is_accepted_by_postgres(rendered, minion_id):
     }
     rules = [tuple(rule) for rule in result["hba_rules"]]
     pooled = "{gopbx_api,gopbx_metrics,gopbx_salt,kamailio}"
-    if minion_id.startswith("lab-"):
-        assert ("host", "{gopbx}", pooled, "127.28.0.0", "scram-sha-256") in rules
-        assert not any(rule[1] == "{replication}" for rule in rules)
-    else:
-        assert ("host", "{gopbx}", pooled, "172.28.0.0", "scram-sha-256") in rules
-        assert ("hostssl", "{replication}", "{replicator}", AU_REPLICA, "scram-sha-256") in rules
+    assert ("host", "{gopbx}", pooled, "127.28.0.0", "scram-sha-256") in rules
+    assert not any(rule[1] == "{replication}" for rule in rules)
     assert ("local", "{all}", "{postgres}", "", "peer") in rules
     assert all(rule[4] in ("peer", "scram-sha-256") for rule in rules)
 
 
-def test_production_postgres_listens_on_plan_and_replication_addresses(rendered):
-    conf = rendered("coord-syd-1")["/etc/postgresql/16/main/conf.d/gopbx.conf"]
-    assert "listen_addresses = '172.28.0.10,149.28.188.104'" in conf
+def checked_by_patroni(path, text):
+    """
+    What ``patroni --validate-config`` finds wrong ("" if nothing). It connects to
+    the addresses it names (a listen address must be free, etcd must answer), so it
+    checks a copy on loopback (mesh 10.29.0.N as 127.29.0.N, etcd's ports held open
+    here) with this host's PostgreSQL binaries: tests send nothing off this host.
+    """
+    installed = sorted(path.name for path in Path("/usr/lib/postgresql").iterdir())[-1]
+    path.write_text(re.sub(r"\b10\.29\.0\.(\d+)", r"127.29.0.\1", text).replace(
+        "/usr/lib/postgresql/16/bin", f"/usr/lib/postgresql/{installed}/bin"))
+    etcd = yaml.safe_load(path.read_text())["etcd"]["hosts"]
+    listeners = []
+    try:
+        for host_port in etcd:
+            host, port = host_port.rsplit(":", 1)
+            listener = socket.create_server((host, int(port)))
+            listeners.append(listener)
+        checked = subprocess.run(["patroni", "--validate-config", str(path)], capture_output=True, text=True,
+                                 check=False, timeout=60)
+    finally:
+        for listener in listeners:
+            listener.close()
+    return "" if checked.returncode == 0 else checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize(("minion_id", "me"), [("coord-syd-1", "10.29.0.1"), ("pgrep-syd-1", "10.29.0.3")])
+def test_each_database_member_runs_patroni_with_a_config_patroni_accepts(env, rendered, lowstate, minion_id, me):
+    text = rendered(minion_id)["/etc/patroni/config.yml"]
+    assert checked_by_patroni(env["tmp"] / f"patroni-{minion_id}.yml", text) == ""
+    config = yaml.safe_load(text)
+    secrets = _secrets(env, minion_id)["postgres"]
+    assert config["name"] == minion_id and config["scope"] == "gopbx-au"
+    assert config["restapi"]["listen"] == f"{me}:8008"
+    assert config["restapi"]["authentication"] == {"username": "gopbx", "password": secrets["patroni_rest"]}
+    # etcd's v2 API (Patroni 3.0's v3 client retakes a lapsed leader key), on the three members' mesh addresses.
+    assert config["etcd"] == {"hosts": ["10.29.0.1:2379", "10.29.0.3:2379", "10.29.0.2:2379"]}
+    dcs = config["bootstrap"]["dcs"]
+    assert (dcs["synchronous_mode"], dcs["synchronous_mode_strict"], dcs["ttl"], dcs["loop_wait"],
+            dcs["retry_timeout"], dcs["primary_start_timeout"]) == (True, False, 10, 2, 3, 0)
+    assert dcs["postgresql"]["use_pg_rewind"] is True
+    # The seed's settings, and wal_log_hints for pg_rewind.
+    assert {key: str(value) for key, value in dcs["postgresql"]["parameters"].items()}.items() >= {
+        "wal_level": "replica", "max_wal_senders": "3", "wal_keep_size": "256MB", "max_connections": "100",
+        "wal_log_hints": "on"}.items()
+    assert "data-checksums" in config["bootstrap"]["initdb"]
+    postgresql = config["postgresql"]
+    assert postgresql["listen"] == f"127.0.0.1,{me}:5432" and postgresql["connect_address"] == f"{me}:5432"
+    assert postgresql["parameters"]["password_encryption"] == "scram-sha-256"
+    assert postgresql["parameters"]["shared_buffers"] == "1024MB" and postgresql["parameters"]["ssl"] == "on"
+    assert postgresql["authentication"]["replication"] == {"username": "replicator", "password": secrets["replicator"],
+                                                           "sslmode": "require"}
+    hba = [line.split() for line in postgresql["pg_hba"]]
+    assert postgresql["pg_hba"] == config["bootstrap"]["pg_hba"]
+    # Replication and rewind from the two members alone, over TLS; the pooled roles from the plan and the mesh.
+    assert [rule for rule in hba if rule[1] in ("replication", "postgres")] == [
+        ["hostssl", "replication", "replicator", "10.29.0.1/32", "scram-sha-256"],
+        ["hostssl", "postgres", "postgres", "10.29.0.1/32", "scram-sha-256"],
+        ["hostssl", "replication", "replicator", "10.29.0.3/32", "scram-sha-256"],
+        ["hostssl", "postgres", "postgres", "10.29.0.3/32", "scram-sha-256"]]
+    pooled = "gopbx_api,gopbx_metrics,gopbx_salt,kamailio"
+    assert [rule for rule in hba if rule[0] == "host"] == [
+        ["host", "gopbx", pooled, "172.28.0.0/24", "scram-sha-256"],
+        ["host", "gopbx", pooled, "10.29.0.0/24", "scram-sha-256"]]
+    assert ["local", "all", "postgres", "peer"] in hba and all(rule[-1] in ("peer", "scram-sha-256") for rule in hba)
+    assert postgresql["callbacks"] == {"on_role_change": "/usr/local/lib/gopbx/patroni-role-changed"}
+    chunks = {chunk["__id__"]: chunk for chunk in lowstate(minion_id)}
+    assert chunks["postgres-patroni-config-managed"]["mode"] == "0600"
+    # Debian's own cluster stays down; roles and migrations are written on the primary alone.
+    assert chunks["postgres-debian-cluster-stopped"]["fun"] == "dead"
+    for state in ("postgres-role-kamailio-present", "postgres-database-present", "postgres-schema-migrated"):
+        assert chunks[state]["onlyif"] == f"curl -sf -o /dev/null http://{me}:8008/primary"
+
+
+def test_etcd_runs_on_three_mesh_hosts_of_two_locations(rendered):
+    members = "coord-syd-1=http://10.29.0.1:2380,kam-mel-1=http://10.29.0.2:2380,pgrep-syd-1=http://10.29.0.3:2380"
+    for minion_id, me in (("coord-syd-1", "10.29.0.1"), ("kam-mel-1", "10.29.0.2"), ("pgrep-syd-1", "10.29.0.3")):
+        config = dict(line.split("=", 1) for line in rendered(minion_id)["/etc/default/etcd"].splitlines()
+                      if line and not line.startswith("#"))
+        assert config["ETCD_NAME"] == f'"{minion_id}"' and config["ETCD_INITIAL_CLUSTER"] == f'"{members}"'
+        assert config["ETCD_LISTEN_CLIENT_URLS"] == f'"http://{me}:2379,http://127.0.0.1:2379"'
+        assert config["ETCD_LISTEN_PEER_URLS"] == f'"http://{me}:2380"' and config["ETCD_ENABLE_V2"] == '"true"'
+    assert "/etc/default/etcd" not in rendered("fs-syd-1")
 
 
 @pytest.mark.parametrize("minion_id", COORDINATORS)
-def test_pgbouncer_config_is_accepted_by_pgbouncer(env, rendered, minion_id):
+def test_pgbouncer_config_is_accepted_by_pgbouncer(env, rendered, lowstate, minion_id):
     files = rendered(minion_id)
     ini = files["/etc/pgbouncer/pgbouncer.ini"]
     plan = "127.28.0" if minion_id.startswith("lab-") else "172.28.0"
-    assert f"listen_addr = {plan}.12" in ini and f"host={plan}.10 port=5432" in ini
+    assert f"listen_addr = {plan}.12" in ini
+    if minion_id.startswith("lab-"):
+        assert f"host={plan}.10 port=5432" in ini
+    else:
+        # Under Patroni the [databases] section is its own file, which pgBouncer follows the primary in.
+        assert "%include /etc/pgbouncer/databases.ini" in ini and "[databases]" not in ini
+        ini = ini.replace("%include /etc/pgbouncer/databases.ini", f"[databases]\ngopbx = host={plan}.10 port=5432")
+        chunks = {chunk["__id__"]: chunk for chunk in lowstate(minion_id)}
+        assert chunks["pgbouncer-follows-primary"]["name"] == "/etc/pgbouncer/databases.ini"
+        assert (chunks["pgbouncer-follows-primary-scheduled"]["function"],
+                chunks["pgbouncer-follows-primary-scheduled"]["seconds"]) == ("gopbx_patroni.follow", 5)
     config, log = checkers.check_pgbouncer(ini, files["/etc/pgbouncer/userlist.txt"], "gopbx_metrics",
                                            _secrets(env, minion_id)["postgres"]["metrics"])
     assert config["pool_mode"] == "transaction"
@@ -221,8 +311,15 @@ def test_the_firewall_opens_the_seeds_public_ports_and_control_ports_only_privat
     public = {"22/tcp", "80/tcp", "443/tcp", "5060/udp", "5060/tcp", "5061/tcp", "16384:32768/udp", "51820/udp"}
     # 5090/udp: DMQ between the SIP edge hosts.
     control = {"2223/udp", "5432/tcp", "6379/tcp", "8080/tcp", "4505:4506/tcp", "5090/udp"}
+    # etcd and Patroni's REST API: from the mesh alone.
+    mesh = {("10.29.0.0/24", port) for port in ("2379/tcp", "2380/tcp", "8008/tcp")}
     assert coordinator == {("any", port) for port in public} | {
-        (net, port) for net in (*private, "10.29.0.0/24") for port in control}
+        (net, port) for net in (*private, "10.29.0.0/24") for port in control} | mesh
+    replica = firewall_rules(lowstate, "pgrep-syd-1")
+    assert replica == {("any", "22/tcp"), ("any", "51820/udp")} | mesh | {
+        (net, "5432/tcp") for net in (*private, "10.29.0.0/24")}
+    assert {rule for rule in firewall_rules(lowstate, "kam-mel-1") if rule[1] in ("2379/tcp", "8008/tcp")} == {
+        ("10.29.0.0/24", "2379/tcp")}
     # Media nodes: SSH in public; SIP, the event socket and media from the private networks only.
     assert firewall_rules(lowstate, "fs-syd-1") == {("any", "22/tcp")} | {
         (net, port) for net in private for port in ("5080/udp", "5080/tcp", "8021/tcp", "16384:32768/udp")}
@@ -314,6 +411,25 @@ def test_lab_needs_no_interface(lowstate):
     ({"secrets": {"freeswitch": {"esl_password": "quote\"d-<xml>-secret-1234"}}}, "secrets:freeswitch:esl_password"),
     ({"secrets": {"api": {"jwt_key": "with spaces in the signing key"}}}, "secrets:api:jwt_key"),
     ({"kamailio": {"max_contacts": 0}}, "kamailio:max_contacts"),
+    # The database cluster: etcd and Patroni.
+    ({"etcd": {"members": ["coord-syd-1", "pgrep-syd-1"]}}, "etcd:members"),
+    ({"etcd": {"members": ["coord-syd-1", "pgrep-syd-1", "fs-syd-9"]}}, "etcd:members:2"),
+    ({"etcd": {"members": ["coord-syd-1", "coord-syd-1", "kam-mel-1"]}}, "etcd:members"),
+    ({"etcd": {"members": "coord-syd-1"}}, "etcd:members"),
+    ({"etcd": {"cluster_token": "gopbx\"; rm"}}, "etcd:cluster_token"),
+    ({"etcd": {"client_port": 0}}, "etcd:client_port"),
+    ({"postgres": {"patroni": {"members": ["coord-syd-1", "fs-syd-1"]}}}, "postgres:patroni:members:1"),
+    ({"postgres": {"patroni": {"members": ["coord-syd-1", "coord-syd-1.evil"]}}}, "postgres:patroni:members:1"),
+    ({"postgres": {"patroni": {"ttl": 8}}}, "postgres:patroni:ttl"),
+    ({"postgres": {"patroni": {"ttl": "10"}}}, "postgres:patroni:ttl"),
+    ({"postgres": {"patroni": {"synchronous": "yes"}}}, "postgres:patroni:synchronous"),
+    ({"postgres": {"patroni": {"sync": True}}}, "postgres:patroni"),
+    ({"postgres": {"patroni": {"rest_port": 70000}}}, "postgres:patroni:rest_port"),
+    ({"secrets": {"postgres": {"superuser": None}}}, "secrets:postgres:superuser"),
+    ({"secrets": {"postgres": {"patroni_rest": "short"}}}, "secrets:postgres:patroni_rest"),
+    ({"secrets": {"postgres": {"patroni_rest": "with\nnewline-and-more-than-16"}}}, "secrets:postgres:patroni_rest"),
+    ({"pgbouncer": {"follow_interval": 0}}, "pgbouncer:follow_interval"),
+    ({"firewall": {"mesh_ports": {"coordinator": ["2379"]}}}, "firewall:mesh_ports:coordinator:0"),
 ])
 def test_bad_pillar_fails_the_render_naming_the_key(env, override, key):
     minion_id = "fs-syd-1" if key.startswith(("freeswitch", "secrets:freeswitch")) else "coord-syd-1"
@@ -460,6 +576,7 @@ def test_the_salt_master_gets_its_runners_settings_for_root_only(env, rendered, 
     (tmp_path / "master.d" / "gopbx-runner.conf").write_text(text)
     runner = load_module("_runners", "gopbx")
     runner.__opts__ = {"conf_file": str(tmp_path / "master")}
+    runner.__utils__ = {"gopbx_runner.settings": load_module("_utils", "gopbx_runner").settings}
     settings = runner._settings()
     assert settings["database_dsn"] == (f"host={net}.12 port=5432 dbname=gopbx user=gopbx_salt "
                                         f"password={secrets['postgres']['salt']}")

@@ -1,0 +1,249 @@
+"""
+The region's Patroni cluster as this host sees it, and pgBouncer following its
+primary.
+
+Every member's REST API (on its WireGuard mesh address) answers reads without a
+login; a switchover or failover needs Patroni's REST login
+(``secrets:postgres:patroni_rest``), which only the members hold, so the
+runners ask a member (``salt <member> gopbx_patroni.switchover``) and never hold
+it themselves.
+
+pgBouncer's ``[databases]`` section lives in its own file
+(``/etc/pgbouncer/databases.ini``, pulled in by ``%include``): :func:`follow`
+points it at the member Patroni reports as the running leader, then pauses,
+reloads and resumes pgBouncer (SIGUSR1, SIGHUP, SIGUSR2), so clients keep their
+connections and their next transaction goes to the new primary.
+"""
+
+import json
+import logging
+import os
+import signal
+import urllib.error
+import urllib.request
+
+import salt.utils.atomicfile
+import salt.utils.files
+from salt.exceptions import CommandExecutionError
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "gopbx_patroni"
+
+DATABASES_FILE = "/etc/pgbouncer/databases.ini"
+PGBOUNCER_PID = "/var/run/postgresql/pgbouncer.pid"
+ASK_TIMEOUT = 2
+# Patroni's names for a member that may lead, and for the replicas.
+LEADER_ROLES = ("leader", "master", "primary", "standby_leader")
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _setting(key, default=None):
+    return __salt__["gopbx_pillar.plain"](key, default)  # noqa: F821  (a loader dunder)
+
+
+def members():
+    """
+    The cluster's members and the mesh address each is reached at.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call gopbx_patroni.members
+    """
+    hosts = _setting("wireguard:hosts", {})
+    return {name: hosts[name]["address"] for name in _setting("postgres:patroni:members", [])
+            if isinstance(hosts.get(name), dict) and hosts[name].get("address")}
+
+
+def _url(address, path):
+    return f"http://{address}:{_setting('postgres:patroni:rest_port', 8008)}{path}"
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=ASK_TIMEOUT) as answer:  # noqa: S310  (http to a mesh address)
+        return json.loads(answer.read().decode())
+
+
+def cluster():
+    """
+    Patroni's view of the cluster (``GET /cluster``) from the first member that
+    answers, with ``asked`` naming that member; an empty ``members`` list when
+    none answers.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call gopbx_patroni.cluster
+    """
+    for name, address in sorted(members().items()):
+        try:
+            view = _get(_url(address, "/cluster"))
+        except (OSError, ValueError) as error:
+            log.debug("Patroni on %s did not answer: %s", name, error)
+            continue
+        if isinstance(view, dict) and isinstance(view.get("members"), list):
+            return {"asked": name, **view}
+    return {"asked": None, "members": []}
+
+
+def primary(view=None):
+    """
+    The running leader, ``{"name", "host", "port", "timeline"}``, or None while
+    the cluster has none (a failover under way, or no member answering).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call gopbx_patroni.primary
+    """
+    view = cluster() if view is None else view
+    known = members()
+    for member in view.get("members", []):
+        if member.get("role") in LEADER_ROLES and member.get("state") == "running" and member.get("name") in known:
+            # The address is the pillar's, not the DCS's: etcd's contents never pick a host.
+            return {"name": member["name"], "host": known[member["name"]], "port": int(member.get("port") or 5432),
+                    "timeline": member.get("timeline")}
+    return None
+
+
+def etcd_health():
+    """
+    ``{member: true|false}``: whether each etcd member answers healthy, and
+    ``quorum``: whether more than half do.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call gopbx_patroni.etcd_health
+    """
+    hosts = _setting("wireguard:hosts", {})
+    port = _setting("etcd:client_port", 2379)
+    health = {}
+    for name in _setting("etcd:members", []):
+        address = (hosts.get(name) or {}).get("address")
+        try:
+            health[name] = _get(f"http://{address}:{port}/health").get("health") in ("true", True)
+        except (OSError, ValueError, AttributeError):
+            health[name] = False
+    return {"members": health, "quorum": sum(health.values()) * 2 > len(health)}
+
+
+def _post(path, body):
+    """POST to this member's own REST API with Patroni's login: (status, text)."""
+    me = members().get(__opts__["id"])  # noqa: F821
+    if me is None:
+        raise CommandExecutionError(f"{__opts__['id']} is not a member of postgres:patroni:members")  # noqa: F821
+    password = __salt__["pillar.get"]("secrets:postgres:patroni_rest")  # noqa: F821
+    request = urllib.request.Request(_url(me, path), data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    handler = urllib.request.HTTPBasicAuthHandler()
+    handler.add_password(None, _url(me, "/"), "gopbx", password)
+    try:
+        with urllib.request.build_opener(handler).open(request, timeout=60) as answer:
+            return answer.status, answer.read().decode(errors="replace").strip()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace").strip()
+    except OSError as error:
+        return 0, str(error)
+
+
+def switchover(leader, candidate=None):
+    """
+    A planned switchover through Patroni (``POST /switchover``): LEADER hands
+    over to CANDIDATE (or to the synchronous replica). ``{"status", "answer"}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pgrep-syd-1 gopbx_patroni.switchover coord-syd-1
+    """
+    body = {"leader": leader, **({"candidate": candidate} if candidate else {})}
+    status, text = _post("/switchover", body)
+    return {"status": status, "answer": text}
+
+
+def failover(candidate):
+    """
+    A forced failover through Patroni (``POST /failover``) to CANDIDATE, which
+    Patroni promotes only if it may (in synchronous mode: the synchronous
+    replica). ``{"status", "answer"}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pgrep-syd-1 gopbx_patroni.failover pgrep-syd-1
+    """
+    status, text = _post("/failover", {"candidate": candidate})
+    return {"status": status, "answer": text}
+
+
+def databases_section(target):
+    """pgBouncer's [databases] file for a primary at TARGET ``{"host", "port"}``."""
+    database = _setting("postgres:database", "gopbx")
+    return ("; Managed by Salt (gopbx_patroni): the database's primary, which pgBouncer follows.\n"
+            "[databases]\n"
+            f"{database} = host={target['host']} port={target['port']} dbname={database}\n")
+
+
+def _current(path):
+    try:
+        with salt.utils.files.fopen(path) as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def _signal_pgbouncer(*signals):
+    try:
+        with salt.utils.files.fopen(PGBOUNCER_PID) as handle:
+            pid = int(handle.read().strip())
+        for number in signals:
+            os.kill(pid, number)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def point_pgbouncer(target, path=DATABASES_FILE):
+    """
+    Write the [databases] file (PATH) for TARGET and, if pgBouncer runs, PAUSE, RELOAD
+    and RESUME it. True if anything changed.
+    """
+    wanted = databases_section(target)
+    if _current(path) == wanted:
+        return False
+    with salt.utils.atomicfile.atomic_open(path, "w") as handle:
+        handle.write(wanted)
+    os.chmod(path, 0o644)
+    _signal_pgbouncer(signal.SIGUSR1, signal.SIGHUP, signal.SIGUSR2)
+    return True
+
+
+def follow():
+    """
+    Point this host's pgBouncer at the cluster's running primary. While there
+    is none (a failover under way), pgBouncer is left as it is.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call gopbx_patroni.follow
+    """
+    target = primary()
+    if target is None:
+        return {"primary": None, "changed": False, "comment": "no running primary now: pgBouncer left as it is"}
+    changed = point_pgbouncer(target)
+    if changed:
+        log.warning("pgBouncer now points at %s (%s)", target["name"], target["host"])
+    return {"primary": target["name"], "host": target["host"], "changed": changed}
