@@ -4,8 +4,8 @@ primary.
 
 Every member's REST API (on its WireGuard mesh address) answers reads without a
 login; a switchover or failover needs Patroni's REST login
-(``secrets:postgres:patroni_rest``), which only the members hold, so the
-runners ask a member (``salt <member> gopbx_patroni.switchover``) and never hold
+(``secrets:postgres:patroni_rest``, in Patroni's own configuration), which only
+the members hold, so the runners ask a member (``salt <member> gopbx_patroni.switchover``) and never hold
 it themselves.
 
 pgBouncer's ``[databases]`` section lives in its own file
@@ -15,6 +15,7 @@ reloads and resumes pgBouncer (SIGUSR1, SIGHUP, SIGUSR2), so clients keep their
 connections and their next transaction goes to the new primary.
 """
 
+import base64
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import urllib.request
 
 import salt.utils.atomicfile
 import salt.utils.files
+import salt.utils.yaml
 from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 __virtualname__ = "gopbx_patroni"
 
 DATABASES_FILE = "/etc/pgbouncer/databases.ini"
+PATRONI_CONFIG = "/etc/patroni/config.yml"
 PGBOUNCER_PID = "/var/run/postgresql/pgbouncer.pid"
 ASK_TIMEOUT = 2
 # Patroni's names for a member that may lead, and for the replicas.
@@ -141,13 +144,15 @@ def _post(path, body):
     me = members().get(__opts__["id"])  # noqa: F821
     if me is None:
         raise CommandExecutionError(f"{__opts__['id']} is not a member of postgres:patroni:members")  # noqa: F821
-    password = __salt__["pillar.get"]("secrets:postgres:patroni_rest")  # noqa: F821
+    # Patroni's own configuration holds the login (root and postgres read it).
+    with salt.utils.files.fopen(PATRONI_CONFIG) as handle:
+        login = (salt.utils.yaml.safe_load(handle) or {}).get("restapi", {}).get("authentication", {})
+    # Sent with the request: Patroni answers a bare 401 (no challenge urllib's handler would answer).
+    login = base64.b64encode(f"{login.get('username')}:{login.get('password')}".encode()).decode()
     request = urllib.request.Request(_url(me, path), data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    handler = urllib.request.HTTPBasicAuthHandler()
-    handler.add_password(None, _url(me, "/"), "gopbx", password)
+                                     headers={"Content-Type": "application/json", "Authorization": f"Basic {login}"})
     try:
-        with urllib.request.build_opener(handler).open(request, timeout=60) as answer:
+        with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310  (its own mesh address)
             return answer.status, answer.read().decode(errors="replace").strip()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode(errors="replace").strip()
@@ -214,11 +219,12 @@ def _signal_pgbouncer(*signals):
     return True
 
 
-def point_pgbouncer(target, path=DATABASES_FILE):
+def point_pgbouncer(target, path=None):
     """
     Write the [databases] file (PATH) for TARGET and, if pgBouncer runs, PAUSE, RELOAD
     and RESUME it. True if anything changed.
     """
+    path = path or DATABASES_FILE
     wanted = databases_section(target)
     if _current(path) == wanted:
         return False

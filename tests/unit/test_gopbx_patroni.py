@@ -1,0 +1,179 @@
+"""
+pgBouncer following the database primary (_modules/gopbx_patroni.py): a real
+pgBouncer, and members' REST APIs on loopback that answer ``GET /cluster`` in
+Patroni 3.0's shape (the multi-host lab runs real Patroni: tests/multihost).
+"""
+
+import http.server
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import load_module, wait_for
+
+MEMBERS = {"coord-syd-1": "127.29.0.1", "pgrep-syd-1": "127.29.0.3"}
+REST_PORT = 18008
+
+
+def member(name, role, state="running", lag=None):
+    """One member as Patroni 3.0.2's /cluster lists it."""
+    found = {"name": name, "role": role, "state": state, "api_url": f"http://{MEMBERS[name]}:8008/patroni",
+             "host": MEMBERS[name], "port": 5432, "timeline": 3}
+    if lag is not None:
+        found["lag"] = lag
+    return found
+
+
+class PatroniRest:
+    """Answers GET /cluster on one member's address with what the test sets; a 404 elsewhere."""
+
+    def __init__(self, address):
+        owner = self
+        self.view = {"members": []}
+        self.answers = True
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802  (http.server's name)
+                if self.path != "/cluster" or not owner.answers:
+                    self.send_error(404 if owner.answers else 503)
+                    return
+                body = json.dumps(owner.view).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((address, REST_PORT), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def rest():
+    servers = {name: PatroniRest(address) for name, address in MEMBERS.items()}
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+@pytest.fixture
+def pgbouncer():
+    """A real pgBouncer on loopback whose [databases] come from its own databases.ini."""
+    # pgBouncer runs as postgres, which can't enter pytest's root-only tmp_path.
+    tmp_path = Path(tempfile.mkdtemp(prefix="gopbx-pgbouncer-"))
+    tmp_path.chmod(0o755)
+    port = free_port()
+    (tmp_path / "databases.ini").write_text("[databases]\ngopbx = host=127.29.0.250 port=5432 dbname=gopbx\n")
+    (tmp_path / "pgbouncer.ini").write_text(
+        f"%include {tmp_path}/databases.ini\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n"
+        f"unix_socket_dir =\nauth_type = trust\nauth_file = {tmp_path}/users.txt\nadmin_users = admin\n"
+        f"pidfile = {tmp_path}/pgbouncer.pid\nlogfile = {tmp_path}/pgbouncer.log\n")
+    (tmp_path / "users.txt").write_text('"admin" ""\n')
+    shutil.chown(tmp_path, "postgres")
+    for path in tmp_path.iterdir():
+        shutil.chown(path, "postgres")
+    process = subprocess.Popen(["runuser", "-u", "postgres", "--", "/usr/sbin/pgbouncer", str(tmp_path / "pgbouncer.ini")])
+    wait_for(lambda: (tmp_path / "pgbouncer.pid").exists() and databases(port), timeout=20)
+    yield {"port": port, "dir": tmp_path, "pid": tmp_path / "pgbouncer.pid"}
+    process.terminate()
+    process.wait(timeout=10)
+    subprocess.run(["pkill", "-f", f"pgbouncer {tmp_path}/pgbouncer.ini"], check=False)
+    shutil.rmtree(tmp_path)
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def databases(port):
+    """pgBouncer's own SHOW DATABASES: {name: host}."""
+    shown = subprocess.run(["psql", "-X", "-A", "-t", "-F", "|", "-h", "127.0.0.1", "-p", str(port), "-U", "admin",
+                            "pgbouncer", "-c", "SHOW DATABASES"], capture_output=True, text=True, check=False)
+    return {line.split("|")[0]: line.split("|")[1] for line in shown.stdout.splitlines() if "|" in line}
+
+
+def patroni_module(pgbouncer, pillar=None):
+    module = load_module("_modules", "gopbx_patroni", alias=f"gopbx_patroni_{time.monotonic_ns()}")
+    settings = {"wireguard:hosts": {name: {"address": address} for name, address in MEMBERS.items()},
+                "postgres:patroni:members": list(MEMBERS), "postgres:patroni:rest_port": REST_PORT,
+                "postgres:database": "gopbx", **(pillar or {})}
+    module.__salt__ = {"gopbx_pillar.plain": lambda key, default=None: settings.get(key, default)}
+    module.__opts__ = {"id": "coord-syd-1"}
+    module.DATABASES_FILE = str(pgbouncer["dir"] / "databases.ini")
+    module.PGBOUNCER_PID = str(pgbouncer["pid"])
+    return module
+
+
+def test_pgbouncer_follows_the_running_leader_and_reloads(rest, pgbouncer):
+    module = patroni_module(pgbouncer)
+    for server in rest.values():
+        server.view = {"members": [member("coord-syd-1", "leader"), member("pgrep-syd-1", "sync_standby", lag=0)]}
+    assert module.follow() == {"primary": "coord-syd-1", "host": "127.29.0.1", "changed": True}
+    wait_for(lambda: databases(pgbouncer["port"]).get("gopbx") == "127.29.0.1", timeout=10)
+    # Nothing changes when it already points there.
+    assert module.follow()["changed"] is False
+    # The replica promoted: pgBouncer follows, and keeps running (PAUSE, RELOAD, RESUME).
+    for server in rest.values():
+        server.view = {"members": [member("coord-syd-1", "replica", state="stopped"),
+                                   member("pgrep-syd-1", "leader")]}
+    assert module.follow()["primary"] == "pgrep-syd-1"
+    wait_for(lambda: databases(pgbouncer["port"]).get("gopbx") == "127.29.0.3", timeout=10)
+
+
+@pytest.mark.parametrize("view", [
+    {"members": []},
+    # A leader that is not running yet (being promoted), or a stopped one.
+    {"members": [member("pgrep-syd-1", "leader", state="starting")]},
+    {"members": [member("coord-syd-1", "leader", state="stopped")]},
+    # Only replicas.
+    {"members": [member("coord-syd-1", "replica"), member("pgrep-syd-1", "sync_standby")]},
+    # A leader that is not a member of postgres:patroni:members (a foreign DCS entry).
+    {"members": [dict(member("coord-syd-1", "leader"), name="evil-syd-1", host="192.0.2.66")]},
+    # Not Patroni's shape at all.
+    {"members": "coord-syd-1"},
+    {"leader": "coord-syd-1"},
+])
+def test_without_a_running_leader_pgbouncer_is_left_as_it_is(rest, pgbouncer, view):
+    module = patroni_module(pgbouncer)
+    before = (pgbouncer["dir"] / "databases.ini").read_text()
+    for server in rest.values():
+        server.view = view
+    found = module.follow()
+    assert found["primary"] is None and found["changed"] is False
+    assert (pgbouncer["dir"] / "databases.ini").read_text() == before
+    assert databases(pgbouncer["port"]).get("gopbx") == "127.29.0.250"
+
+
+def test_the_address_comes_from_pillar_not_from_the_cluster(rest, pgbouncer):
+    """etcd's contents never pick the host pgBouncer connects to: a member's own claimed host is ignored."""
+    module = patroni_module(pgbouncer)
+    for server in rest.values():
+        server.view = {"members": [dict(member("pgrep-syd-1", "leader"), host="192.0.2.66")]}
+    assert module.follow()["host"] == "127.29.0.3"
+    assert "192.0.2.66" not in (pgbouncer["dir"] / "databases.ini").read_text()
+
+
+def test_a_member_that_does_not_answer_is_passed_over(rest, pgbouncer):
+    module = patroni_module(pgbouncer)
+    rest["coord-syd-1"].answers = False
+    rest["pgrep-syd-1"].view = {"members": [member("pgrep-syd-1", "leader")]}
+    assert module.cluster()["asked"] == "pgrep-syd-1"
+    assert module.follow()["primary"] == "pgrep-syd-1"
+    rest["pgrep-syd-1"].answers = False
+    assert module.cluster() == {"asked": None, "members": []}
