@@ -2,6 +2,7 @@
 
 import time
 
+import psycopg2
 import redis
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -51,6 +52,15 @@ def create_app(settings, database=None, kamailio=None):
     @app.exception_handler(Busy)
     async def busy(request: Request, exc: Busy):
         return JSONResponse({"detail": f"busy, try again: {exc}"}, status_code=503, headers={"Retry-After": "1"})
+
+    # The database went away mid-request (a failover, pgBouncer repointing): the
+    # write is not acknowledged (its transaction is rolled back, or its commit's
+    # outcome unknown to the client), and the client may try again in a moment.
+    @app.exception_handler(psycopg2.OperationalError)
+    @app.exception_handler(psycopg2.InterfaceError)
+    async def database_unavailable(request: Request, exc: Exception):
+        return JSONResponse({"detail": "the database is unavailable for a moment, try again"}, status_code=503,
+                            headers={"Retry-After": "1"})
 
     @app.post("/v1/token")
     def token(body: TokenRequest, request: Request):

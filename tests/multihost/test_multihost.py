@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.multihost import edge
+from tests.multihost import database, edge
 from tests.support import REPO, wait_for
 
 TOPOLOGY, STATE = edge.TOPOLOGY, edge.STATE
 # Each role's services, as systemd units (and whatever later roles add).
 SERVICES = {
-    "coord-syd-1": ["postgresql@15-main", "pgbouncer", "redis-server", "kamailio", "rtpengine-daemon", "nginx",
+    "coord-syd-1": ["patroni", "etcd", "gopbx-db-role-changed.path", "pgbouncer", "redis-server", "kamailio", "rtpengine-daemon", "nginx",
                     "gopbx-api", "gopbx-call-events", "salt-master", "knot", "wg-quick@wg-gopbx", "keepalived"],
-    "kam-mel-1": ["kamailio", "rtpengine-daemon", "wg-quick@wg-gopbx", "keepalived"],
-    "pgrep-syd-1": ["wg-quick@wg-gopbx"],
+    "kam-mel-1": ["kamailio", "rtpengine-daemon", "wg-quick@wg-gopbx", "keepalived", "etcd"],
+    "pgrep-syd-1": ["wg-quick@wg-gopbx", "etcd", "patroni", "gopbx-db-role-changed.path"],
     "fs-syd-1": ["freeswitch"],  # the named double of FreeSWITCH (lab/salt/freeswitch_double)
     "fs-syd-2": ["freeswitch"],
 }
@@ -76,10 +76,11 @@ def test_each_role_runs_its_services_under_systemd(lab, name):
     assert mlab("run", name, "cat", "/proc/1/comm").stdout.strip() == "systemd"
 
 
-ALL_SECRETS = {"postgres:kamailio", "postgres:api", "postgres:salt", "postgres:metrics", "postgres:replicator",
-               "redis:password", "api:jwt_key", "api:admin_password_hash", "freeswitch:esl_password",
+DATABASE_SECRETS = {"postgres:kamailio", "postgres:api", "postgres:salt", "postgres:metrics", "postgres:replicator",
+                    "postgres:superuser", "postgres:patroni_rest"}
+ALL_SECRETS = DATABASE_SECRETS | {"redis:password", "api:jwt_key", "api:admin_password_hash", "freeswitch:esl_password",
                "vultr:api_key", "vultr:edge_api_key"}
-SECRETS = {"coord-syd-1": ALL_SECRETS, "kam-mel-1": {"postgres:kamailio", "vultr:edge_api_key"}, "pgrep-syd-1": set(),
+SECRETS = {"coord-syd-1": ALL_SECRETS, "kam-mel-1": {"postgres:kamailio", "vultr:edge_api_key"}, "pgrep-syd-1": DATABASE_SECRETS,
            "fs-syd-1": {"freeswitch:esl_password"}, "fs-syd-2": {"freeswitch:esl_password"}}
 
 
@@ -491,6 +492,176 @@ def test_a_cut_private_link_heals_to_one_holder_with_registrations_kept(edge_ten
         assert called.returncode == 0, log_of(tmp_path, 5076)
     finally:
         on_devices("pkill", "-x", "sipp")
+
+
+DB_TENANT = "db.mlab.invalid"
+
+
+@pytest.fixture(scope="module")
+def db_tenant(lab):
+    return edge.make_tenant(DB_TENANT, max_calls=4, numbers=["1001"])
+
+
+def runner_json(*args):
+    """salt-run ARGS on the master, its return (the master may print warnings around the JSON)."""
+    text = mlab("master", "salt-run", *args, "--out=json", timeout=300).stdout
+    return json.JSONDecoder().raw_decode(text[text.index("{"):])[0]
+
+
+def test_the_database_runs_under_patroni_with_a_synchronous_replica_over_tls(lab):
+    database.ensure_leader("coord-syd-1")
+    status = runner_json("gopbx.db_status")
+    assert status["primary"] == "coord-syd-1" and status["etcd_quorum"] is True
+    assert status["etcd"] == {"coord-syd-1": True, "kam-mel-1": True, "pgrep-syd-1": True}
+    assert {name: member["role"] for name, member in status["members"].items()} == {
+        "coord-syd-1": "leader", "pgrep-syd-1": "sync_standby"}
+    assert status["members"]["pgrep-syd-1"]["lag"] == 0
+    # The replica streams synchronously, over TLS, from its mesh address.
+    assert database.psql("coord-syd-1", "SELECT r.client_addr, r.sync_state, s.ssl FROM pg_stat_replication r "
+                                        "JOIN pg_stat_ssl s USING (pid)", "postgres") == [["10.29.0.3", "sync", "t"]]
+    assert database.psql("pgrep-syd-1", "SELECT pg_is_in_recovery()", "postgres") == [["t"]]
+    # The seed's settings, and what pg_rewind needs.
+    assert database.psql("pgrep-syd-1", "SELECT current_setting('wal_log_hints'), current_setting('max_wal_senders'),"
+                                        " current_setting('wal_keep_size'), current_setting('password_encryption')",
+                         "postgres") == [["on", "3", "256MB", "scram-sha-256"]]
+    # Migrations ran once, on the primary, and reached the replica by replication.
+    assert database.psql("pgrep-syd-1", "SELECT count(*) FROM public.gopbx_schema_migrations") == \
+        database.psql("coord-syd-1", "SELECT count(*) FROM public.gopbx_schema_migrations")
+
+
+def test_failover_dry_run_changes_nothing_and_a_switchover_goes_and_comes_back(db_tenant):
+    database.ensure_leader("coord-syd-1")
+    before = database.cluster()
+    dry = runner_json("gopbx.failover", "test=True")
+    assert dry["result"] is None and "coord-syd-1 -> pgrep-syd-1; nothing changed" in dry["table"]
+    time.sleep(3)
+    after = database.cluster()
+    assert [(m["name"], m["role"], m["timeline"]) for m in after["members"]] == [
+        (m["name"], m["role"], m["timeline"]) for m in before["members"]]
+    writer = database.Writer(DB_TENANT, first=20000)
+    try:
+        there = runner_json("gopbx.failover")
+        print("\n" + there["table"])
+        assert there["result"] is True, there["table"]
+        assert [step["step"] for step in there["steps"]][-4:] == [
+            "Patroni switchover", "new primary running", "pgBouncer follows", "clients reconnect"]
+        assert database.wait_healthy("pgrep-syd-1"), database.roles()
+        back = runner_json("gopbx.failover")
+        print(back["table"])
+        assert back["result"] is True, back["table"]
+        assert database.wait_healthy("coord-syd-1"), database.roles()
+        time.sleep(2)
+    finally:
+        answers = writer.stop()
+    acknowledged = {answer["number"] for answer in answers if 200 <= answer["status"] < 300}
+    assert acknowledged and acknowledged <= database.present("coord-syd-1", DB_TENANT)
+    # Writes went on after each switchover.
+    assert answers[-1]["status"] == 201, answers[-5:]
+
+
+@pytest.mark.parametrize("args", [("candidate=kam-mel-1",), ("candidate=fs-syd-1",), ("candidate=coord-syd-1",),
+                                  ("candidate=nobody-syd-9", "force=True")])
+def test_a_failover_whose_checks_fail_is_refused_and_changes_nothing(lab, args):
+    database.ensure_leader("coord-syd-1")
+    refused = runner_json("gopbx.failover", *args)
+    assert refused["result"] is False and refused["refused"] is True, refused["table"]
+    assert not any(step["step"].startswith("Patroni") for step in refused["steps"])
+    assert database.healthy("coord-syd-1")
+
+
+def test_sigkill_of_the_primarys_postmaster_loses_no_acknowledged_write(db_tenant):
+    database.ensure_leader("coord-syd-1")
+    writer = database.Writer(DB_TENANT, first=30000)
+    try:
+        time.sleep(2)
+        fault = time.time()
+        database.kill_postmaster("coord-syd-1")
+        resumed = database.wait_writes_resume(writer, fault, timeout=90)
+        print(f"\nwrites resumed {resumed:.2f} s after SIGKILL of the primary's postmaster")
+        assert resumed is not None
+        assert wait_for(lambda: database.leader() == "pgrep-syd-1", timeout=60), database.roles()
+        time.sleep(2)
+    finally:
+        answers = writer.stop()
+    acknowledged = {answer["number"] for answer in answers if 200 <= answer["status"] < 300}
+    assert acknowledged <= database.present("pgrep-syd-1", DB_TENANT)
+    # The old primary rejoins as the synchronous replica, with no manual step.
+    assert database.wait_healthy("pgrep-syd-1"), database.roles()
+
+
+def test_power_off_of_the_primarys_machine_loses_no_acknowledged_write_and_it_rejoins_as_replica(db_tenant):
+    database.ensure_leader("pgrep-syd-1")
+    writer = database.Writer(DB_TENANT, first=40000)
+    try:
+        time.sleep(2)
+        edge.power_off("pgrep-syd-1")
+        fault = time.time()  # once every process of the machine is frozen
+        try:
+            resumed = database.wait_writes_resume(writer, fault, timeout=90)
+            print(f"\nwrites resumed {resumed:.2f} s after the primary's machine lost power")
+            assert resumed is not None
+            assert wait_for(lambda: database.leader() == "coord-syd-1", timeout=30), database.roles()
+        finally:
+            edge.power_on("pgrep-syd-1")
+        # Back, its Patroni finds the lock held and its lease gone: it never leads again by itself.
+        for _ in range(15):
+            assert database.leader() == "coord-syd-1", database.roles()
+            time.sleep(1)
+    finally:
+        answers = writer.stop()
+    acknowledged = {answer["number"] for answer in answers if 200 <= answer["status"] < 300}
+    assert acknowledged <= database.present("coord-syd-1", DB_TENANT)
+    assert database.wait_healthy("coord-syd-1", timeout=240), database.roles()
+
+
+def test_split_brain_a_primary_cut_off_from_etcd_and_the_replica_stops_accepting_writes(db_tenant):
+    database.ensure_leader("coord-syd-1")
+    # The coordinator loses the replica and the third etcd member (the mesh stays up for VRRP).
+    database.cut("coord-syd-1", ["pgrep-syd-1", "kam-mel-1"], "cut")
+    try:
+        assert wait_for(lambda: database.psql("pgrep-syd-1", "SELECT pg_is_in_recovery()", "postgres") == [["f"]],
+                        timeout=60, interval=1.0)
+        # The cut-off primary demoted itself: it refuses writes (or has none to give), and acknowledges none.
+        assert wait_for(lambda: database.psql("coord-syd-1", "SELECT pg_is_in_recovery()", "postgres") != [["f"]],
+                        timeout=60, interval=1.0)
+        attempt = database.run("coord-syd-1", "timeout", "10", "runuser", "-u", "postgres", "--", "psql", "-X", "-h",
+                               "/var/run/postgresql", "-p", "5432", "-d", "gopbx", "-c",
+                               "INSERT INTO gopbx.audit (actor, action, object_type, object_id) "
+                               "VALUES ('split', 'split', 'split', 'split')")
+        assert attempt.returncode != 0, attempt.stdout
+    finally:
+        database.cut("coord-syd-1", ["pgrep-syd-1", "kam-mel-1"], "heal")
+    assert database.psql("pgrep-syd-1", "SELECT count(*) FROM gopbx.audit WHERE actor = 'split'") == [["0"]]
+    # Healed: the old primary is rewound and rejoins as the replica.
+    assert database.wait_healthy("pgrep-syd-1", timeout=240), database.roles()
+    database.ensure_leader("coord-syd-1")
+
+
+@pytest.mark.parametrize("forged", [
+    # A media node claims a role change in its own name, in a database host's (the batched form lets it write
+    # the id), and with payloads that are not Patroni's.
+    ["event.fire_master", '{"role": "primary"}', "gopbx/postgres/role_changed"],
+    ["event.fire_master", "{}", "gopbx/ignored",
+     'preload={"events": [{"tag": "gopbx/postgres/role_changed", "data": {"id": "pgrep-syd-1", "data": {"role": '
+     '"primary"}}}]}'],
+    ["event.fire_master", '{"role": "primary; rm -rf /"}', "gopbx/postgres/role_changed"],
+    ["event.fire_master", '["primary"]', "gopbx/postgres/role_changed"],
+])
+def test_a_forged_role_change_event_changes_nothing(lab, forged):
+    database.ensure_leader("coord-syd-1")
+    ini = edge.STATE / "machines" / "coord-syd-1" / "root" / "etc" / "pgbouncer" / "databases.ini"
+    before = ini.read_text()
+    log = edge.STATE / "machines" / "coord-syd-1" / "root" / "var" / "log" / "salt" / "master"
+    seen = log.read_text().count("gopbx/postgres/role_changed event claiming")
+    mlab("run", "fs-syd-1", "salt-call", *forged)
+    if forged[2] == "gopbx/ignored":
+        # The id the reactor sees is a database host's: the runner asks the cluster, which says nothing changed.
+        time.sleep(10)
+    else:
+        assert wait_for(lambda: log.read_text().count("gopbx/postgres/role_changed event claiming") > seen,
+                        timeout=60), log.read_text()[-3000:]
+    assert ini.read_text() == before and "10.29.0.1" in before
+    assert database.healthy("coord-syd-1")
 
 
 def test_teardown_leaves_nothing_behind(lab):
