@@ -18,6 +18,7 @@ database host with an accepted key, and otherwise believes only the cluster,
 asked afresh, before it repoints every pgBouncer and checks the clients.
 """
 
+import json
 import logging
 import re
 import time
@@ -116,6 +117,11 @@ def follow():
     return _ask(PGBOUNCER_HOSTS, "gopbx_patroni.follow", tgt_type="compound")
 
 
+def _api_healthy(url):
+    with urllib.request.urlopen(url + "/healthz", timeout=5) as answer:  # noqa: S310  (the plan's API)
+        return json.loads(answer.read()).get("postgresql") is True
+
+
 def _rpc(url, method):
     request = urllib.request.Request(url, data=('{"jsonrpc": "2.0", "method": "%s", "id": 1}' % method).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -126,8 +132,8 @@ def _rpc(url, method):
 def clients_reconnect(attempts=15, interval=1.0):
     """
     Whether the database's clients work again through pgBouncer: this runner
-    (a query as gopbx_salt) and Kamailio (``domain.reload``, which reads the
-    database). ``{client: true|false}``.
+    (a connection as gopbx_salt), the API (its ``/healthz`` runs a query) and
+    Kamailio (``domain.reload``, which reads the database). ``{client: true|false}``.
 
     CLI Example:
 
@@ -139,6 +145,8 @@ def clients_reconnect(attempts=15, interval=1.0):
 
     settings = _settings()
     checks = {"runners": lambda: psycopg2.connect(settings["database_dsn"], connect_timeout=3).close() is None}
+    if settings.get("api_url"):
+        checks["api"] = lambda: _api_healthy(settings["api_url"])
     if settings.get("kamailio_rpc_url"):
         checks["kamailio"] = lambda: _rpc(settings["kamailio_rpc_url"], "domain.reload")
     found = {}

@@ -7,6 +7,7 @@
       'database_dsn': 'host=' ~ salt_master.plan.pgbouncer ~ ' port=5432 dbname=gopbx user=gopbx_salt password='
                       ~ salt_master.secrets['postgres:salt'],
       'kamailio_rpc_url': 'http://' ~ salt_master.plan.kamailio ~ ':8080/jsonrpc',
+      'api_url': 'http://' ~ salt_master.plan.api ~ ':8080',
       'redis_url': 'redis://:' ~ salt_master.secrets['redis:password'] ~ '@' ~ salt_master.plan.redis ~ ':6379/0',
       'allowed_networks': salt_master.allowed_networks,
       'placement': salt_master.placement,

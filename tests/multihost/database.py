@@ -155,22 +155,28 @@ def cut(name, peers, action):
                             "DROP"], check=True)
 
 
-def outage(answers, fault):
-    """
-    Seconds from FAULT to the first write acknowledged after writes began to fail
-    (0.0 if none failed), or None while none has been acknowledged since.
-    """
-    after = [answer for answer in answers if answer["sent"] >= fault]
-    failed = next((answer for answer in after if not 200 <= answer["status"] < 300), None)
-    if failed is None:
-        return 0.0 if after else None
-    resumed = next((answer for answer in after if answer["sent"] > failed["sent"] and 200 <= answer["status"] < 300),
-                   None)
-    return None if resumed is None else resumed["at"] - fault
+def acknowledged(answer):
+    return 200 <= answer["status"] < 300
 
 
-def wait_writes_resume(writer, fault, timeout=60):
-    """outage() once writes failed and came back (or went on), waiting up to TIMEOUT seconds."""
-    wait_for(lambda: outage(writer.answers(), fault) is not None and any(
-        answer["sent"] >= fault + 1 for answer in writer.answers()), timeout=timeout, interval=0.2)
-    return outage(writer.answers(), fault)
+def stall(answers, fault):
+    """The longest time from FAULT on without an acknowledged write (None if none came after it)."""
+    acks = sorted(answer["at"] for answer in answers if acknowledged(answer) and answer["at"] > fault)
+    edges = [fault] + acks
+    return max((later - earlier for earlier, later in zip(edges, edges[1:])), default=None)
+
+
+def wait_writes_resume(writer, fault, timeout=60, steady=3.0):
+    """
+    The write stall after FAULT (see stall), once writes are acknowledged again
+    for STEADY seconds after the last one that failed; None if they never are
+    within TIMEOUT seconds.
+    """
+    def resumed():
+        answers = writer.answers()
+        failures = [answer["at"] for answer in answers if answer["sent"] >= fault and not acknowledged(answer)]
+        since = max(failures, default=fault)
+        return any(acknowledged(answer) and answer["sent"] >= since + steady for answer in answers)
+    if not wait_for(resumed, timeout=timeout, interval=0.5):
+        return None
+    return stall(writer.answers(), fault)
