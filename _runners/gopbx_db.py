@@ -298,6 +298,9 @@ def failover(candidate=None, force=False, test=False):
 
     def repointed():
         answers = follow()
+        if not all(answer.get("primary") == chosen for answer in answers.values()):
+            promoted()  # a failover's 200 may come before the candidate runs as primary
+            answers = follow()
         return bool(answers) and all(answer.get("primary") == chosen for answer in answers.values()), \
             ", ".join(f"{minion} -> {answer.get('primary')}" for minion, answer in sorted(answers.items()))
 
@@ -305,7 +308,9 @@ def failover(candidate=None, force=False, test=False):
         found = clients_reconnect()
         return all(found.values()), ", ".join(f"{name} {'ok' if ok else 'FAILED'}" for name, ok in found.items())
 
-    ok = steps.run(f"Patroni {kind}", act) and steps.run("new primary running", promoted)
-    ok = ok and steps.run("pgBouncer follows", repointed) and steps.run("clients reconnect", reconnected)
+    # Patroni answers 200 once the candidate leads: pgBouncer follows at once (writes
+    # stall until it does), then the runner confirms the cluster agrees.
+    ok = steps.run(f"Patroni {kind}", act) and steps.run("pgBouncer follows", repointed)
+    ok = ok and steps.run("new primary running", promoted) and steps.run("clients reconnect", reconnected)
     log.warning("gopbx_db.failover (%s to %s): %s", kind, chosen, "done" if ok else "FAILED")
     return {"result": ok, "steps": steps.rows, "table": steps.table()}

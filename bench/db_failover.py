@@ -83,12 +83,12 @@ def one_run(fault, first):
     return seconds, lost
 
 
-def print_table(results, runs, loads):
+def print_table(results, runs, loads, faults):
     names = list(SETTINGS)
     print(f"\nDatabase failover, the longest time from the fault on without an acknowledged write through the API: "
           f"median of {runs} runs (seconds); acknowledged writes lost, summed over the runs")
     print(f"{'fault':<12} {names[0]:>8} {names[1]:>18} {'ratio':>7} {'lost':>6}")
-    for fault in FAULTS:
+    for fault in faults:
         medians = []
         for name in names:
             values = [seconds for seconds, _ in results[(name, fault)] if seconds is not None]
@@ -104,6 +104,7 @@ def print_table(results, runs, loads):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--faults", nargs="+", choices=FAULTS, default=list(FAULTS))
     args = parser.parse_args()
     results = {(name, fault): [] for name in SETTINGS for fault in FAULTS}
     loads = [os.getloadavg()[0]]
@@ -113,7 +114,7 @@ def main():
         for name, values in SETTINGS.items():
             patroni_settings(values)
             for run in range(args.runs):
-                for fault in FAULTS:
+                for fault in args.faults:
                     first += 10000
                     seconds, lost = one_run(fault, first)
                     results[(name, fault)].append((seconds, lost))
@@ -124,7 +125,7 @@ def main():
         patroni_settings(SETTINGS["GoPBX"])
         database.ensure_leader("coord-syd-1")
     loads.append(os.getloadavg()[0])
-    print_table(results, args.runs, loads)
+    print_table(results, args.runs, loads, args.faults)
 
 
 if __name__ == "__main__":

@@ -544,7 +544,7 @@ def test_failover_dry_run_changes_nothing_and_a_switchover_goes_and_comes_back(d
         print("\n" + there["table"])
         assert there["result"] is True, there["table"]
         assert [step["step"] for step in there["steps"]][-4:] == [
-            "Patroni switchover", "new primary running", "pgBouncer follows", "clients reconnect"]
+            "Patroni switchover", "pgBouncer follows", "new primary running", "clients reconnect"]
         assert there["steps"][-1]["outcome"] == "runners ok, api ok, kamailio ok"
         assert database.wait_healthy("pgrep-syd-1"), database.roles()
         back = runner_json("gopbx.failover")
