@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import signal
+import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -139,8 +141,8 @@ def etcd_health():
     return {"members": health, "quorum": sum(health.values()) * 2 > len(health)}
 
 
-def _post(path, body):
-    """POST to this member's own REST API with Patroni's login: (status, text)."""
+def _request(path, body):
+    """A POST to this member's own REST API with Patroni's login, ready to send."""
     me = members().get(__opts__["id"])  # noqa: F821
     if me is None:
         raise CommandExecutionError(f"{__opts__['id']} is not a member of postgres:patroni:members")  # noqa: F821
@@ -149,8 +151,12 @@ def _post(path, body):
         login = (salt.utils.yaml.safe_load(handle) or {}).get("restapi", {}).get("authentication", {})
     # Sent with the request: Patroni answers a bare 401 (no challenge urllib's handler would answer).
     login = base64.b64encode(f"{login.get('username')}:{login.get('password')}".encode()).decode()
-    request = urllib.request.Request(_url(me, path), data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "Authorization": f"Basic {login}"})
+    return urllib.request.Request(_url(me, path), data=json.dumps(body).encode(), method="POST",
+                                  headers={"Content-Type": "application/json", "Authorization": f"Basic {login}"})
+
+
+def _send(request):
+    """(status, text) of a prepared request (no loader dunders: it runs in a thread)."""
     try:
         with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310  (its own mesh address)
             return answer.status, answer.read().decode(errors="replace").strip()
@@ -160,27 +166,57 @@ def _post(path, body):
         return 0, str(error)
 
 
+def _leads_here():
+    """Whether this member's own Patroni reports it the running primary (GET /primary answers 200)."""
+    try:
+        with urllib.request.urlopen(_url(members()[__opts__["id"]], "/primary"),  # noqa: F821,S310
+                                    timeout=ASK_TIMEOUT) as answer:
+            return answer.status == 200
+    except (OSError, KeyError):
+        return False
+
+
+def _hand_over(path, body, candidate):
+    """
+    POST PATH and wait for Patroni's answer, or return as soon as this host, the
+    CANDIDATE, leads: Patroni polls the outcome in whole seconds before it answers,
+    and writes stall until pgBouncer follows.
+    """
+    answer = {}
+    prepared = _request(path, body)
+    request = threading.Thread(target=lambda: answer.update(zip(("status", "answer"), _send(prepared))),
+                               daemon=True)
+    request.start()
+    deadline = time.monotonic() + 60
+    while request.is_alive() and time.monotonic() < deadline:
+        if candidate == __opts__["id"] and _leads_here():  # noqa: F821
+            return {"status": 200, "answer": f"{candidate} leads (seen on its own REST API)"}
+        time.sleep(0.1)
+    request.join(timeout=max(0.0, deadline - time.monotonic()))
+    return answer or {"status": 0, "answer": "Patroni did not answer within 60 s"}
+
+
 def switchover(leader, candidate=None):
     """
     A planned switchover through Patroni (``POST /switchover``): LEADER hands
     over to CANDIDATE (or to the synchronous replica). ``{"status", "answer"}``.
+    Called on the candidate, it returns once the candidate leads.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt pgrep-syd-1 gopbx_patroni.switchover coord-syd-1
+        salt pgrep-syd-1 gopbx_patroni.switchover coord-syd-1 pgrep-syd-1
     """
-    body = {"leader": leader, **({"candidate": candidate} if candidate else {})}
-    status, text = _post("/switchover", body)
-    return {"status": status, "answer": text}
+    return _hand_over("/switchover", {"leader": leader, **({"candidate": candidate} if candidate else {})}, candidate)
 
 
 def failover(candidate):
     """
     A forced failover through Patroni (``POST /failover``) to CANDIDATE, which
     Patroni promotes only if it may (in synchronous mode: the synchronous
-    replica). ``{"status", "answer"}``.
+    replica). ``{"status", "answer"}``. Called on the candidate, it returns once
+    the candidate leads.
 
     CLI Example:
 
@@ -188,8 +224,7 @@ def failover(candidate):
 
         salt pgrep-syd-1 gopbx_patroni.failover pgrep-syd-1
     """
-    status, text = _post("/failover", {"candidate": candidate})
-    return {"status": status, "answer": text}
+    return _hand_over("/failover", {"candidate": candidate}, candidate)
 
 
 def databases_section(target):
