@@ -55,16 +55,18 @@ def test_a_minion_with_an_unknown_id_gets_no_role_and_nothing_applies(stranger_m
 
 
 # What each role's formulas declare (required_secrets, optional_secrets): nothing more.
-COORDINATOR_SECRETS = {"postgres:kamailio", "postgres:api", "postgres:salt", "postgres:metrics",
-                       "postgres:replicator", "redis:password", "api:jwt_key", "api:admin_password_hash",
-                       "freeswitch:esl_password", "vultr:api_key", "vultr:edge_api_key"}
+# The postgres formula's: its login roles', and Patroni's superuser and REST login.
+DATABASE_SECRETS = {"postgres:kamailio", "postgres:api", "postgres:salt", "postgres:metrics", "postgres:replicator",
+                    "postgres:superuser", "postgres:patroni_rest"}
+COORDINATOR_SECRETS = DATABASE_SECRETS | {"redis:password", "api:jwt_key", "api:admin_password_hash",
+                                          "freeswitch:esl_password", "vultr:api_key", "vultr:edge_api_key"}
 SECRETS_BY_MINION = {
     "coord-syd-1": COORDINATOR_SECRETS,
     "lab-coord-7": COORDINATOR_SECRETS,
     "kam-mel-1": {"postgres:kamailio", "vultr:edge_api_key"},
     "fs-syd-1": {"freeswitch:esl_password", "freeswitch:signalwire_token"},
     "fs-mel-12": {"freeswitch:esl_password", "freeswitch:signalwire_token"},
-    "pgrep-syd-1": set(),
+    "pgrep-syd-1": DATABASE_SECRETS,
     "evil-1": set(),
     "fs-syd-1.evil": set(),
 }
