@@ -323,7 +323,8 @@ COORD, KAM, FS = (TOPOLOGY["machines"][name] for name in ("coord-syd-1", "kam-me
 PUBLIC = [("SIP/UDP, coordinator", "udp", COORD, 5060), ("SIP/TCP, coordinator", "tcp", COORD, 5060),
           ("SIP/TLS, coordinator", "tcp", COORD, 5061), ("SIP/UDP, standby", "udp", KAM, 5060),
           ("SIP/TLS, standby", "tcp", KAM, 5061)]
-CONTROL = [("RTPEngine ng", "ng", "172.28.0.1", 2223), ("PostgreSQL", "tcp", "172.28.0.10", 5432),
+# PostgreSQL itself (Patroni) listens only on loopback and the mesh: pgBouncer is the plan's database.
+CONTROL = [("RTPEngine ng", "ng", "172.28.0.1", 2223),
            ("pgBouncer", "tcp", "172.28.0.12", 5432), ("Redis", "tcp", "172.28.0.11", 6379),
            ("Kamailio RPC", "tcp", "172.28.0.15", 8080), ("API", "tcp", "172.28.0.30", 8080),
            ("salt-master", "tcp", COORD, 4506), ("event socket, media node", "tcp", FS, 8021),

@@ -523,8 +523,6 @@ def test_the_api_is_configured_for_the_plan(env, rendered, minion_id):
     assert settings["database_dsn"] == (f"host={net}.12 port=5432 dbname=gopbx user=gopbx_api "
                                         f"password={secrets['postgres']['api']}")
     assert settings["kamailio_rpc_url"] == f"http://{net}.15:8080/jsonrpc"
-    assert settings["api_url"] == f"http://{net}.30:8080"
-    assert settings["database_hosts"] == ([] if minion_id.startswith("lab-") else ["coord-syd-1", "pgrep-syd-1"])
     assert "kamailio_sip_uri" not in settings  # the b-leg goes back to the Kamailio the call came from
     assert settings["redis_url"] == f"redis://:{secrets['redis']['password']}@{net}.11:6379/0"
     assert settings["jwt_keys"] == [secrets["api"]["jwt_key"]]
