@@ -1,0 +1,68 @@
+"""
+The gopbx_db runner's role-change events (reactor/postgres-role-changed.sls): a
+minion writes its event's payload, and in Salt's batched form even the id, so
+every bad shape is refused and logged before the runner asks anyone anything.
+"""
+
+import logging
+
+import pytest
+
+from tests.support import load_module
+
+HOSTS = ["coord-syd-1", "pgrep-syd-1"]
+
+
+@pytest.fixture
+def runner(monkeypatch):
+    module = load_module("_runners", "gopbx_db", alias="gopbx_db_runner_under_test")
+    module.__opts__ = {"conf_file": "/nonexistent/master"}
+    module.__utils__ = {"gopbx_runner.settings": lambda opts: {"database_hosts": HOSTS + ["evil host"]}}
+
+    class Keys:
+        def list_status(self, status):
+            return {"minions": ["coord-syd-1", "pgrep-syd-1", "fs-syd-1"]}
+
+    monkeypatch.setattr(module.salt.key, "get_key", lambda opts: Keys())
+    asked = []
+    monkeypatch.setattr(module, "_cluster", lambda: asked.append("cluster") or (None, {"members": []}))
+    module.asked = asked
+    return module
+
+
+@pytest.mark.parametrize("event", [
+    None, "primary", ["pgrep-syd-1"], 42,
+    {},  # no id
+    {"id": "fs-syd-1", "data": {"role": "primary"}},  # a media node, accepted key
+    {"id": "evil host", "data": {"role": "primary"}},  # in the settings, not a host name
+    {"id": "pgrep-syd-1\nfs-syd-1", "data": {"role": "primary"}},
+    {"id": "pgrep-syd-1\x00", "data": {"role": "primary"}},
+    {"id": "pgrep-syd-1" * 1000, "data": {"role": "primary"}},
+    {"id": ["pgrep-syd-1"], "data": {"role": "primary"}},
+    {"id": "pgrep-syd-1", "data": None},
+    {"id": "pgrep-syd-1", "data": "primary"},
+    {"id": "pgrep-syd-1", "data": {"role": "primary; rm -rf /"}},
+    {"id": "pgrep-syd-1", "data": {"role": "PRIMARY"}},
+    {"id": "pgrep-syd-1", "data": {"role": "primary" * 10000}},
+    {"id": "pgrep-syd-1", "data": {"role": ["primary"]}},
+    {"id": "pgrep-syd-1", "data": {}},
+])
+def test_a_bad_event_is_refused_logged_and_asks_nobody(runner, event, caplog):
+    with caplog.at_level(logging.WARNING):
+        found = runner.role_changed(event=event)
+    assert found["followed"] is False and found["reason"]
+    assert "refused" in caplog.text
+    assert runner.asked == []
+
+
+def test_an_event_from_a_host_whose_key_is_not_accepted_is_refused(runner, monkeypatch):
+    runner.__utils__ = {"gopbx_runner.settings": lambda opts: {"database_hosts": HOSTS + ["pgrep-syd-2"]}}
+    found = runner.role_changed(event={"id": "pgrep-syd-2", "data": {"role": "primary"}})
+    assert found["followed"] is False and "key" in found["reason"] and runner.asked == []
+
+
+def test_a_well_formed_event_only_makes_the_runner_ask_the_cluster(runner):
+    found = runner.role_changed(event={"id": "pgrep-syd-1", "data": {"role": "master"}})
+    # The cluster (asked, not the event) names no running primary: nothing is repointed.
+    assert runner.asked == ["cluster"] and found == {"followed": False, "minion": "pgrep-syd-1",
+                                                     "reason": "no running primary yet"}
