@@ -44,12 +44,18 @@ dns-knot-config-managed:
     - require:
       - pkg: dns-knot-pkg-installed
 
+{#- `knotc stop` (the init script's stop) returns before knotd has let go of its
+    sockets, so a restart under load can start a knotd that cannot bind and exits:
+    the state asks again rather than fail the highstate on that race. #}
 dns-knot-service-running:
   service.running:
     - name: knot
     - enable: True
     - watch:
       - file: dns-knot-config-managed
+    - retry:
+        attempts: 3
+        interval: 2
 
 {#- A changed zone file is loaded without a restart. #}
 dns-knot-zone-reloaded:

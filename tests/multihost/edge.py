@@ -42,7 +42,13 @@ def outside_namespace():
     def run(*command):
         subprocess.run(command, check=True)
 
-    subprocess.run(["ip", "netns", "delete", OUTSIDE_NS], check=False, capture_output=True)
+    def remove():
+        # Deleting the link deletes both ends now; a namespace's own deletion frees its
+        # veth peer only later (the kernel cleans up namespaces asynchronously).
+        subprocess.run(["ip", "-n", "gopbx-mlab", "link", "delete", "mv-outside"], check=False, capture_output=True)
+        subprocess.run(["ip", "netns", "delete", OUTSIDE_NS], check=False, capture_output=True)
+
+    remove()
     run("ip", "netns", "add", OUTSIDE_NS)
     try:
         run("ip", "link", "add", "mv-outside", "netns", "gopbx-mlab", "type", "veth", "peer", "name", "eth0",
@@ -57,7 +63,7 @@ def outside_namespace():
         run("ip", "-n", OUTSIDE_NS, "route", "add", "172.28.0.0/24", "via", TOPOLOGY["machines"]["coord-syd-1"])
         yield OUTSIDE_NS
     finally:
-        subprocess.run(["ip", "netns", "delete", OUTSIDE_NS], check=False)
+        remove()
 
 
 def api_on_coordinator(code):
