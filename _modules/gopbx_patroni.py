@@ -78,7 +78,8 @@ def cluster():
     """
     Patroni's view of the cluster (``GET /cluster``) from the first member that
     answers, with ``asked`` naming that member; an empty ``members`` list when
-    none answers.
+    none answers. ``synchronous_mode`` comes from the same member's dynamic
+    configuration (``GET /config``); /cluster does not carry it.
 
     CLI Example:
 
@@ -93,8 +94,20 @@ def cluster():
             log.debug("Patroni on %s did not answer: %s", name, error)
             continue
         if isinstance(view, dict) and isinstance(view.get("members"), list):
-            return {"asked": name, **view}
+            return {"asked": name, **view, **_synchronous_mode(address)}
     return {"asked": None, "members": []}
+
+
+def _synchronous_mode(address):
+    """``{"synchronous_mode": bool}`` from the member's /config, or {} when it does not say."""
+    try:
+        config = _get(_url(address, "/config"))
+    except (OSError, ValueError) as error:
+        log.debug("Patroni on %s did not give its configuration: %s", address, error)
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    return {"synchronous_mode": config.get("synchronous_mode") in (True, "on", "quorum")}
 
 
 def primary(view=None):

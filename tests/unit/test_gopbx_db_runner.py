@@ -66,3 +66,36 @@ def test_a_well_formed_event_only_makes_the_runner_ask_the_cluster(runner):
     # The cluster (asked, not the event) names no running primary: nothing is repointed.
     assert runner.asked == ["cluster"] and found == {"followed": False, "minion": "pgrep-syd-1",
                                                      "reason": "no running primary yet"}
+
+
+def preflight(runner, monkeypatch, view, candidate=None):
+    monkeypatch.setattr(runner, "_etcd", lambda: {"members": {"coord-syd-1": True}, "quorum": True})
+    return {check: ok for check, ok, _ in runner._preflight(view, candidate, False)[2]}
+
+
+def members(*replicas):
+    return [{"name": "coord-syd-1", "role": "leader", "state": "running"}, *replicas]
+
+
+def test_without_synchronous_commits_a_streaming_replica_may_take_over(runner, monkeypatch):
+    view = {"synchronous_mode": False,
+            "members": members({"name": "pgrep-syd-1", "role": "replica", "state": "streaming", "lag": 0})}
+    checks = preflight(runner, monkeypatch, view)
+    assert "candidate synchronous" not in checks and all(checks.values())
+
+
+@pytest.mark.parametrize("view", [
+    # Synchronous mode on, the replica not (yet) the synchronous one.
+    {"synchronous_mode": True, "members": members({"name": "pgrep-syd-1", "role": "replica", "state": "streaming",
+                                                    "lag": 0})},
+    # The mode unknown (no /config answer): the stricter reading.
+    {"members": members({"name": "pgrep-syd-1", "role": "replica", "state": "streaming", "lag": 0})},
+    # Asynchronous, but far behind.
+    {"synchronous_mode": False, "members": members({"name": "pgrep-syd-1", "role": "replica", "state": "streaming",
+                                                     "lag": 50 * 1048576})},
+    # Asynchronous, but not replicating.
+    {"synchronous_mode": False, "members": members({"name": "pgrep-syd-1", "role": "replica", "state": "stopped",
+                                                     "lag": 0})},
+])
+def test_a_replica_that_could_lose_commits_is_refused(runner, monkeypatch, view):
+    assert not all(preflight(runner, monkeypatch, view).values())

@@ -32,19 +32,21 @@ def member(name, role, state="running", lag=None):
 
 
 class PatroniRest:
-    """Answers GET /cluster on one member's address with what the test sets; a 404 elsewhere."""
+    """Answers GET /cluster and GET /config on one member's address with what the test sets; a 404 elsewhere."""
 
     def __init__(self, address):
         owner = self
         self.view = {"members": []}
+        self.config = {"ttl": 10, "loop_wait": 2, "synchronous_mode": True}
         self.answers = True
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802  (http.server's name)
-                if self.path != "/cluster" or not owner.answers:
+                answer = {"/cluster": owner.view, "/config": owner.config}.get(self.path)
+                if answer is None or not owner.answers:
                     self.send_error(404 if owner.answers else 503)
                     return
-                body = json.dumps(owner.view).encode()
+                body = json.dumps(answer).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -177,3 +179,27 @@ def test_a_member_that_does_not_answer_is_passed_over(rest, pgbouncer):
     assert module.follow()["primary"] == "pgrep-syd-1"
     rest["pgrep-syd-1"].answers = False
     assert module.cluster() == {"asked": None, "members": []}
+
+
+@pytest.mark.parametrize("config, synchronous", [
+    ({"synchronous_mode": True}, True),
+    ({"synchronous_mode": False}, False),
+    ({"ttl": 10}, False),  # Patroni's default is off
+    ({"synchronous_mode": "quorum"}, True),  # Patroni 3.1's quorum commit
+    ({"synchronous_mode": "yes please"}, False),
+])
+def test_the_cluster_view_says_whether_commits_are_synchronous(rest, pgbouncer, config, synchronous):
+    module = patroni_module(pgbouncer)
+    for server in rest.values():
+        server.view = {"members": [member("coord-syd-1", "leader")]}
+        server.config = config
+    assert module.cluster()["synchronous_mode"] is synchronous
+
+
+def test_a_cluster_view_without_its_configuration_does_not_claim_either_mode(rest, pgbouncer):
+    """The runner then holds to the stricter reading (a synchronous replica is required)."""
+    module = patroni_module(pgbouncer)
+    for server in rest.values():
+        server.view = {"members": [member("coord-syd-1", "leader")]}
+        server.config = ["not", "a", "configuration"]
+    assert "synchronous_mode" not in module.cluster()
