@@ -179,21 +179,26 @@ def _send(request):
         return 0, str(error)
 
 
-def _leads_here():
-    """Whether this member's own Patroni reports it the running primary (GET /primary answers 200)."""
+def _leads(name):
+    """Whether member NAME's own Patroni reports it the running primary (GET /primary answers 200)."""
     try:
-        with urllib.request.urlopen(_url(members()[__opts__["id"]], "/primary"),  # noqa: F821,S310
-                                    timeout=ASK_TIMEOUT) as answer:
+        with urllib.request.urlopen(_url(members()[name], "/primary"), timeout=ASK_TIMEOUT) as answer:  # noqa: S310
             return answer.status == 200
     except (OSError, KeyError):
         return False
 
 
+def _runs_pgbouncer():
+    return os.path.exists(DATABASES_FILE)
+
+
 def _hand_over(path, body, candidate):
     """
-    POST PATH and wait for Patroni's answer, or return as soon as this host, the
-    CANDIDATE, leads: Patroni polls the outcome in whole seconds before it answers,
-    and writes stall until pgBouncer follows.
+    POST PATH and wait for Patroni's answer, or return as soon as CANDIDATE leads
+    (its own /primary answers 200): Patroni polls the outcome in whole seconds
+    before it answers, and writes stall until pgBouncer follows. A host that runs
+    pgBouncer points it at the candidate at that moment, without waiting for a
+    runner's round trip.
     """
     answer = {}
     prepared = _request(path, body)
@@ -202,7 +207,9 @@ def _hand_over(path, body, candidate):
     request.start()
     deadline = time.monotonic() + 60
     while request.is_alive() and time.monotonic() < deadline:
-        if candidate == __opts__["id"] and _leads_here():  # noqa: F821
+        if candidate in members() and _leads(candidate):
+            if _runs_pgbouncer():
+                point_pgbouncer({"host": members()[candidate], "port": 5432})
             return {"status": 200, "answer": f"{candidate} leads (seen on its own REST API)"}
         time.sleep(0.1)
     request.join(timeout=max(0.0, deadline - time.monotonic()))
@@ -213,13 +220,14 @@ def switchover(leader, candidate=None):
     """
     A planned switchover through Patroni (``POST /switchover``): LEADER hands
     over to CANDIDATE (or to the synchronous replica). ``{"status", "answer"}``.
-    Called on the candidate, it returns once the candidate leads.
+    It returns once the candidate leads; on a host that runs pgBouncer, with
+    pgBouncer pointed at the candidate.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt pgrep-syd-1 gopbx_patroni.switchover coord-syd-1 pgrep-syd-1
+        salt coord-syd-1 gopbx_patroni.switchover coord-syd-1 pgrep-syd-1
     """
     return _hand_over("/switchover", {"leader": leader, **({"candidate": candidate} if candidate else {})}, candidate)
 
@@ -228,8 +236,8 @@ def failover(candidate):
     """
     A forced failover through Patroni (``POST /failover``) to CANDIDATE, which
     Patroni promotes only if it may (in synchronous mode: the synchronous
-    replica). ``{"status", "answer"}``. Called on the candidate, it returns once
-    the candidate leads.
+    replica). ``{"status", "answer"}``. It returns once the candidate leads; on
+    a host that runs pgBouncer, with pgBouncer pointed at the candidate.
 
     CLI Example:
 

@@ -251,6 +251,16 @@ def _preflight(view, candidate, force):
     return (leader or {}).get("name"), chosen, checks
 
 
+def _asker(candidate):
+    """
+    The minion that asks Patroni to hand over: a database host that runs pgBouncer
+    and answers now, so its pgBouncer follows the moment the candidate leads (one
+    Salt round trip less of stalled writes); else the candidate itself.
+    """
+    answering = _ask(PGBOUNCER_HOSTS, "test.ping", tgt_type="compound", timeout=3)
+    return next((minion for minion in sorted(answering) if minion in _database_hosts()), candidate)
+
+
 def failover(candidate=None, force=False, test=False):
     """
     A planned switchover to the synchronous replica (or CANDIDATE), through
@@ -282,10 +292,12 @@ def failover(candidate=None, force=False, test=False):
         steps.run(f"would {kind}", lambda: (True, f"{leader or 'no primary'} -> {chosen}; nothing changed"))
         return {"result": None, "steps": steps.rows, "table": steps.table()}
 
+    asker = _asker(chosen)
+
     def act():
         args = ([chosen] if force else [leader, chosen])
-        answer = _ask([chosen], f"gopbx_patroni.{kind}", args, timeout=90).get(chosen) or {}
-        return answer.get("status") == 200, f"Patroni answered {answer.get('status')}: {answer.get('answer')}"
+        answer = _ask([asker], f"gopbx_patroni.{kind}", args, timeout=90).get(asker) or {}
+        return answer.get("status") == 200, f"{asker}: Patroni answered {answer.get('status')}: {answer.get('answer')}"
 
     def promoted():
         deadline = time.monotonic() + WAIT_FOR_LEADER

@@ -99,3 +99,13 @@ def test_without_synchronous_commits_a_streaming_replica_may_take_over(runner, m
 ])
 def test_a_replica_that_could_lose_commits_is_refused(runner, monkeypatch, view):
     assert not all(preflight(runner, monkeypatch, view).values())
+
+
+@pytest.mark.parametrize("answering, asker", [
+    ({"coord-syd-1": True}, "coord-syd-1"),  # the pgBouncer host asks: its pgBouncer follows at once
+    ({}, "pgrep-syd-1"),  # the coordinator is gone: the candidate asks
+    ({"kam-mel-1": True}, "pgrep-syd-1"),  # a pgBouncer host that is no database host is not a member
+])
+def test_the_hand_over_is_asked_from_a_pgbouncer_host_that_answers(runner, monkeypatch, answering, asker):
+    monkeypatch.setattr(runner, "_ask", lambda target, function, *args, **kwargs: answering)
+    assert runner._asker("pgrep-syd-1") == asker

@@ -4,6 +4,7 @@ pgBouncer, and members' REST APIs on loopback that answer ``GET /cluster`` in
 Patroni 3.0's shape (the multi-host lab runs real Patroni: tests/multihost).
 """
 
+import base64
 import http.server
 import json
 import shutil
@@ -39,9 +40,17 @@ class PatroniRest:
         self.view = {"members": []}
         self.config = {"ttl": 10, "loop_wait": 2, "synchronous_mode": True}
         self.answers = True
+        self.leads = False
+        self.on_post = None  # (path, body, authorization) -> (status, text): what Patroni does with a POST
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802  (http.server's name)
+                if self.path == "/primary":
+                    # Patroni: 200 only while this member runs as the leader, 503 otherwise.
+                    self.send_response(200 if owner.leads else 503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 answer = {"/cluster": owner.view, "/config": owner.config}.get(self.path)
                 if answer is None or not owner.answers:
                     self.send_error(404 if owner.answers else 503)
@@ -52,6 +61,14 @@ class PatroniRest:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                status, text = owner.on_post(self.path, body, self.headers.get("Authorization"))
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(text)))
+                self.end_headers()
+                self.wfile.write(text.encode())
 
             def log_message(self, *args):
                 pass
@@ -203,3 +220,62 @@ def test_a_cluster_view_without_its_configuration_does_not_claim_either_mode(res
         server.view = {"members": [member("coord-syd-1", "leader")]}
         server.config = ["not", "a", "configuration"]
     assert "synchronous_mode" not in module.cluster()
+
+
+def hand_over_module(pgbouncer, tmp_path, me="coord-syd-1"):
+    module = patroni_module(pgbouncer)
+    module.__opts__ = {"id": me}
+    config = tmp_path / "config.yml"
+    config.write_text("restapi:\n  authentication:\n    username: gopbx\n    password: s3cret\n")
+    module.PATRONI_CONFIG = str(config)
+    return module
+
+
+def patroni_switching_over(rest, promote_after=0.3, answer_after=3.0):
+    """Patroni's POST /switchover: Basic auth sent with the request or a bare 401; the candidate
+    leads PROMOTE_AFTER seconds in; the answer comes later (Patroni polls the outcome in whole seconds)."""
+    posts = []
+
+    def on_post(path, body, authorization):
+        expected = "Basic " + base64.b64encode(b"gopbx:s3cret").decode()
+        if authorization != expected:
+            return 401, "no auth header received"
+        posts.append((path, body))
+        time.sleep(promote_after)
+        rest[body["candidate"]].leads = True
+        time.sleep(answer_after)
+        return 200, f"Successfully switched over to \"{body['candidate']}\""
+
+    for server in rest.values():
+        server.on_post = on_post
+    return posts
+
+
+def test_a_switchover_asked_from_the_pgbouncer_host_points_pgbouncer_as_soon_as_the_candidate_leads(
+        rest, pgbouncer, tmp_path):
+    module = hand_over_module(pgbouncer, tmp_path)
+    posts = patroni_switching_over(rest)
+    started = time.monotonic()
+    found = module.switchover("coord-syd-1", "pgrep-syd-1")
+    assert found["status"] == 200 and "pgrep-syd-1 leads" in found["answer"]
+    assert time.monotonic() - started < 3.0  # before Patroni's own answer
+    assert posts == [("/switchover", {"leader": "coord-syd-1", "candidate": "pgrep-syd-1"})]
+    assert databases(pgbouncer["port"]).get("gopbx") == "127.29.0.3"
+
+
+def test_a_host_without_pgbouncer_hands_over_and_touches_no_pgbouncer(rest, pgbouncer, tmp_path):
+    module = hand_over_module(pgbouncer, tmp_path, me="pgrep-syd-1")
+    module.DATABASES_FILE = str(tmp_path / "absent" / "databases.ini")
+    patroni_switching_over(rest)
+    assert module.failover("pgrep-syd-1")["status"] == 200
+    assert databases(pgbouncer["port"]).get("gopbx") == "127.29.0.250"
+
+
+@pytest.mark.parametrize("status, text", [(412, "candidate name does not match with sync_standby"),
+                                          (503, "Switchover failed"), (401, "no auth header received")])
+def test_a_refused_hand_over_leaves_pgbouncer_as_it_is(rest, pgbouncer, tmp_path, status, text):
+    module = hand_over_module(pgbouncer, tmp_path)
+    for server in rest.values():
+        server.on_post = lambda path, body, authorization: (status, text)
+    assert module.switchover("coord-syd-1", "pgrep-syd-1") == {"status": status, "answer": text}
+    assert databases(pgbouncer["port"]).get("gopbx") == "127.29.0.250"
