@@ -16,10 +16,15 @@ the reactor (reactor/postgres-role-changed.sls) hands it to :func:`role_changed`
 The event only says "look": the runner refuses one that does not come from a
 database host with an accepted key, and otherwise believes only the cluster,
 asked afresh, before it repoints every pgBouncer and checks the clients.
+Events that come while a run is under way are folded into one more run after
+it, so a flood of them (a minion gone wrong) keeps one reactor worker busy,
+not all of them, and the last event is always followed by a run.
 """
 
+import fcntl
 import json
 import logging
+import os
 import re
 import time
 import urllib.request
@@ -197,6 +202,35 @@ def role_changed(event=None):
     minion_id, reason = _check_event(event)
     if reason:
         return _refuse(event.get("id") if isinstance(event, dict) else None, reason)
+    return _one_run_at_a_time(lambda: _follow_the_cluster(minion_id)) or {
+        "followed": False, "minion": minion_id, "reason": "folded into the run under way"}
+
+
+def _one_run_at_a_time(work):
+    """
+    Mark that WORK is wanted, and do it while it is wanted, unless a run under
+    way (another reactor worker or salt-run; a lock file) will see the mark and
+    do it once more. The last answer, or None when the work was left to that run.
+    """
+    directory = os.path.join(__opts__["cachedir"], "gopbx_db")  # noqa: F821
+    os.makedirs(directory, exist_ok=True)
+    wanted = os.path.join(directory, "role_changed.wanted")
+    with open(wanted, "a", encoding="utf-8"):
+        pass
+    answer = None
+    while os.path.exists(wanted):
+        with open(os.path.join(directory, "role_changed.lock"), "a", encoding="utf-8") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return answer
+            while os.path.exists(wanted):
+                os.unlink(wanted)
+                answer = work()
+    return answer
+
+
+def _follow_the_cluster(minion_id):
     _, view = _cluster()
     leader = _leader(view)
     if leader is None:

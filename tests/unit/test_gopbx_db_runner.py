@@ -5,6 +5,8 @@ every bad shape is refused and logged before the runner asks anyone anything.
 """
 
 import logging
+import threading
+import time
 
 import pytest
 
@@ -14,9 +16,9 @@ HOSTS = ["coord-syd-1", "pgrep-syd-1"]
 
 
 @pytest.fixture
-def runner(monkeypatch):
+def runner(monkeypatch, tmp_path):
     module = load_module("_runners", "gopbx_db", alias="gopbx_db_runner_under_test")
-    module.__opts__ = {"conf_file": "/nonexistent/master"}
+    module.__opts__ = {"conf_file": "/nonexistent/master", "cachedir": str(tmp_path)}
     module.__utils__ = {"gopbx_runner.settings": lambda opts: {"database_hosts": HOSTS + ["evil host"]}}
 
     class Keys:
@@ -109,3 +111,47 @@ def test_a_replica_that_could_lose_commits_is_refused(runner, monkeypatch, view)
 def test_the_hand_over_is_asked_from_a_pgbouncer_host_that_answers(runner, monkeypatch, answering, asker):
     monkeypatch.setattr(runner, "_ask", lambda target, function, *args, **kwargs: answering)
     assert runner._asker("pgrep-syd-1") == asker
+
+
+def slow_cluster(runner, monkeypatch, seconds):
+    """Each ask of the cluster takes SECONDS (a Salt round trip) and finds a running primary."""
+    asks = []
+
+    def cluster():
+        asks.append(time.monotonic())
+        time.sleep(seconds)
+        return "coord-syd-1", {"members": [{"name": "coord-syd-1", "role": "leader", "state": "running"}]}
+
+    monkeypatch.setattr(runner, "_cluster", cluster)
+    monkeypatch.setattr(runner, "follow", lambda: {"coord-syd-1": {"primary": "coord-syd-1", "changed": False}})
+    monkeypatch.setattr(runner, "clients_reconnect", lambda: {"api": True})
+    return asks
+
+
+def test_a_flood_of_events_is_folded_into_a_run_or_two(runner, monkeypatch):
+    asks = slow_cluster(runner, monkeypatch, 0.3)
+    answers = []
+    events = [threading.Thread(target=lambda: answers.append(runner.role_changed(
+        event={"id": "pgrep-syd-1", "data": {"role": "master"}}))) for _ in range(50)]
+    for thread in events:
+        thread.start()
+    for thread in events:
+        thread.join()
+    assert len(answers) == 50 and 1 <= len(asks) <= 3
+    assert 1 <= sum(answer["followed"] for answer in answers) <= len(asks)
+    assert all(answer["followed"] or answer["reason"] == "folded into the run under way" for answer in answers)
+
+
+def test_an_event_during_a_run_gets_a_run_of_its_own_after_it(runner, monkeypatch):
+    asks = slow_cluster(runner, monkeypatch, 0.5)
+    first = threading.Thread(target=runner.role_changed, kwargs={"event": {"id": "coord-syd-1",
+                                                                           "data": {"role": "replica"}}})
+    first.start()
+    time.sleep(0.2)
+    late = time.monotonic()
+    assert runner.role_changed(event={"id": "pgrep-syd-1", "data": {"role": "master"}})["followed"] is False
+    first.join()
+    # The run under way asked the cluster once more, after the late event came.
+    assert len(asks) == 2 and asks[1] > late
+    # And with no run under way, an event is followed at once.
+    assert runner.role_changed(event={"id": "pgrep-syd-1", "data": {"role": "master"}})["followed"] is True
