@@ -154,8 +154,8 @@ def etcd_health():
     return {"members": health, "quorum": sum(health.values()) * 2 > len(health)}
 
 
-def _request(path, body):
-    """A POST to this member's own REST API with Patroni's login, ready to send."""
+def _request(path, body, method="POST"):
+    """A POST (or METHOD) to this member's own REST API with Patroni's login, ready to send."""
     me = members().get(__opts__["id"])  # noqa: F821
     if me is None:
         raise CommandExecutionError(f"{__opts__['id']} is not a member of postgres:patroni:members")  # noqa: F821
@@ -164,7 +164,7 @@ def _request(path, body):
         login = (salt.utils.yaml.safe_load(handle) or {}).get("restapi", {}).get("authentication", {})
     # Sent with the request: Patroni answers a bare 401 (no challenge urllib's handler would answer).
     login = base64.b64encode(f"{login.get('username')}:{login.get('password')}".encode()).decode()
-    return urllib.request.Request(_url(me, path), data=json.dumps(body).encode(), method="POST",
+    return urllib.request.Request(_url(me, path), data=json.dumps(body).encode(), method=method,
                                   headers={"Content-Type": "application/json", "Authorization": f"Basic {login}"})
 
 
@@ -246,6 +246,45 @@ def failover(candidate):
         salt pgrep-syd-1 gopbx_patroni.failover pgrep-syd-1
     """
     return _hand_over("/failover", {"candidate": candidate}, candidate)
+
+
+def dynamic_config():
+    """
+    The cluster's dynamic configuration in etcd (``GET /config``) from the first
+    member that answers, or None when none does.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call gopbx_patroni.dynamic_config
+    """
+    for name, address in sorted(members().items()):
+        try:
+            config = _get(_url(address, "/config"))
+        except (OSError, ValueError) as error:
+            log.debug("Patroni on %s did not give its configuration: %s", name, error)
+            continue
+        if isinstance(config, dict):
+            return config
+    return None
+
+
+def set_dynamic_config(values):
+    """
+    Change the cluster's dynamic configuration (``PATCH /config`` on this
+    member): the keys of VALUES, the rest kept. ``{"status", "answer"}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call gopbx_patroni.set_dynamic_config '{"ttl": 10}'
+    """
+    if not isinstance(values, dict) or not values:
+        raise CommandExecutionError("set_dynamic_config needs a mapping of settings")
+    status, answer = _send(_request("/config", values, method="PATCH"))
+    return {"status": status, "answer": answer}
 
 
 def databases_section(target):

@@ -41,6 +41,7 @@ class PatroniRest:
         self.config = {"ttl": 10, "loop_wait": 2, "synchronous_mode": True}
         self.answers = True
         self.leads = False
+        self.patches = []
         self.on_post = None  # (path, body, authorization) -> (status, text): what Patroni does with a POST
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -65,6 +66,20 @@ class PatroniRest:
             def do_POST(self):  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 status, text = owner.on_post(self.path, body, self.headers.get("Authorization"))
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(text)))
+                self.end_headers()
+                self.wfile.write(text.encode())
+
+            def do_PATCH(self):  # noqa: N802
+                # Patroni 3.0: PATCH /config merges the body into the dynamic configuration (login required).
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                expected = "Basic " + base64.b64encode(b"gopbx:s3cret").decode()
+                status = 401 if self.headers.get("Authorization") != expected else 200
+                if status == 200:
+                    owner.config.update(body)
+                    owner.patches.append(body)
+                text = json.dumps(owner.config) if status == 200 else "no auth header received"
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(text)))
                 self.end_headers()
@@ -279,3 +294,53 @@ def test_a_refused_hand_over_leaves_pgbouncer_as_it_is(rest, pgbouncer, tmp_path
         server.on_post = lambda path, body, authorization: (status, text)
     assert module.switchover("coord-syd-1", "pgrep-syd-1") == {"status": status, "answer": text}
     assert databases(pgbouncer["port"]).get("gopbx") == "127.29.0.250"
+
+
+DCS = {"ttl": 10, "loop_wait": 2, "retry_timeout": 3, "synchronous_mode": True, "primary_start_timeout": 0}
+
+
+def dynamic_config_state(pgbouncer, tmp_path, test=False):
+    module = hand_over_module(pgbouncer, tmp_path)
+    state = load_module("_states", "gopbx_patroni", alias=f"gopbx_patroni_state_{time.monotonic_ns()}")
+    state.__salt__ = {"gopbx_patroni.dynamic_config": module.dynamic_config,
+                      "gopbx_patroni.set_dynamic_config": module.set_dynamic_config}
+    state.__opts__ = {"test": test}
+    return state
+
+
+def test_pillars_dynamic_settings_reach_the_cluster_once(rest, pgbouncer, tmp_path):
+    for server in rest.values():
+        server.config = {"ttl": 30, "loop_wait": 10, "retry_timeout": 3, "synchronous_mode": True,
+                         "postgresql": {"use_pg_rewind": True}}
+    state = dynamic_config_state(pgbouncer, tmp_path)
+    first = state.dynamic_config("gopbx-au", DCS)
+    assert first["result"] is True
+    assert first["changes"] == {"ttl": {"old": 30, "new": 10}, "loop_wait": {"old": 10, "new": 2},
+                                "primary_start_timeout": {"old": None, "new": 0}}
+    assert rest["coord-syd-1"].patches == [{"ttl": 10, "loop_wait": 2, "primary_start_timeout": 0}]
+    assert rest["coord-syd-1"].config["postgresql"] == {"use_pg_rewind": True}  # the rest kept
+    for server in rest.values():
+        server.config = dict(rest["coord-syd-1"].config)
+    again = state.dynamic_config("gopbx-au", DCS)
+    assert again["result"] is True and again["changes"] == {}
+
+
+def test_the_dry_run_says_what_would_change_and_changes_nothing(rest, pgbouncer, tmp_path):
+    for server in rest.values():
+        server.config = {"ttl": 30}
+    found = dynamic_config_state(pgbouncer, tmp_path, test=True).dynamic_config("gopbx-au", DCS)
+    assert found["result"] is None and set(found["changes"]) == set(DCS)
+    assert all(not server.patches for server in rest.values())
+
+
+@pytest.mark.parametrize("trouble", ["no member answers", "Patroni refuses the login"])
+def test_a_cluster_that_cannot_take_the_change_fails_the_state_and_says_why(rest, pgbouncer, tmp_path, trouble):
+    state = dynamic_config_state(pgbouncer, tmp_path)
+    if trouble == "no member answers":
+        for server in rest.values():
+            server.answers = False
+    else:
+        (tmp_path / "config.yml").write_text("restapi:\n  authentication:\n    username: gopbx\n    password: wrong\n")
+    found = state.dynamic_config("gopbx-au", DCS)
+    assert found["result"] is False and found["changes"] == {} and found["comment"]
+    assert all(not server.patches for server in rest.values())
