@@ -23,7 +23,6 @@ lab's settings are put back at the end.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -45,12 +44,9 @@ LEADS = {"SIGKILL": "coord-syd-1", "power off": "pgrep-syd-1", "switchover": "co
 
 
 def patroni_settings(values):
-    """Patroni's dynamic configuration (PATCH /config on the coordinator's member)."""
-    password = json.loads((edge.STATE / "secrets.json").read_text())["postgres"]["patroni_rest"]
-    result = database.run("coord-syd-1", "curl", "-sf", "-u", f"gopbx:{password}", "-X", "PATCH",
-                          f"http://{database.MESH['coord-syd-1']}:8008/config", "-d", json.dumps(values))
-    assert result.returncode == 0, result.stderr
-    time.sleep(values["loop_wait"] + 2)  # every member's next loop reads it
+    """Patroni's dynamic configuration, read by every member's next loop."""
+    database.patch_dynamic_config(values)
+    time.sleep(values["loop_wait"] + 2)
 
 
 def one_run(fault, first):

@@ -133,6 +133,18 @@ class Writer:
         return self.answers()
 
 
+def patch_dynamic_config(values):
+    """Change the cluster's dynamic configuration behind Salt's back (PATCH /config on the coordinator's member)."""
+    password = json.loads((edge.STATE / "secrets.json").read_text())["postgres"]["patroni_rest"]
+    result = run("coord-syd-1", "curl", "-sf", "-u", f"gopbx:{password}", "-X", "PATCH",
+                 f"http://{MESH['coord-syd-1']}:8008/config", "-d", json.dumps(values))
+    assert result.returncode == 0, result.stderr
+
+
+def dynamic_config():
+    return json.loads(run("coord-syd-1", "curl", "-sf", f"http://{MESH['coord-syd-1']}:8008/config").stdout)
+
+
 def present(name, tenant):
     """The extension numbers of TENANT on member NAME's own database."""
     rows = psql(name, "SELECT e.number FROM gopbx.extensions e JOIN gopbx.tenants t ON t.id = e.tenant_id "

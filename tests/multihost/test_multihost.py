@@ -547,6 +547,8 @@ def test_failover_dry_run_changes_nothing_and_a_switchover_goes_and_comes_back(d
         assert [step["step"] for step in there["steps"]][-4:] == [
             "Patroni switchover", "pgBouncer follows", "new primary running", "clients reconnect"]
         assert there["steps"][-1]["outcome"] == "runners ok, api ok, kamailio ok"
+        # Asked from the pgBouncer host (the coordinator), whose pgBouncer followed at that moment.
+        assert there["steps"][-4]["outcome"].startswith("coord-syd-1: Patroni answered 200"), there["table"]
         assert database.wait_healthy("pgrep-syd-1"), database.roles()
         back = runner_json("gopbx.failover")
         print(back["table"])
@@ -559,6 +561,30 @@ def test_failover_dry_run_changes_nothing_and_a_switchover_goes_and_comes_back(d
     assert acknowledged and acknowledged <= database.present("coord-syd-1", DB_TENANT)
     # Writes went on after each switchover.
     assert answers[-1]["status"] == 201, answers[-5:]
+
+
+def database_hosts_apply(*args):
+    """state.apply postgres on both database hosts: {minion: {state id: (result, changes)}} of what changed or failed."""
+    text = mlab("master", "salt", "-L", "coord-syd-1,pgrep-syd-1", "state.apply", "postgres", *args, "--out=json",
+                "--static", timeout=900).stdout
+    answers = json.JSONDecoder().raw_decode(text[text.index("{"):])[0]
+    return {minion: {key.split("_|-")[1]: (state["result"], state["changes"]) for key, state in states.items()
+                     if state["changes"] or state["result"] is not True} for minion, states in answers.items()}
+
+
+def test_pillars_patroni_settings_reach_a_running_cluster_and_test_mode_tells_the_truth(lab):
+    database.ensure_leader("coord-syd-1")
+    database.patch_dynamic_config({"ttl": 14, "loop_wait": 3})
+    dry = database_hosts_apply("test=True")
+    for minion in ("coord-syd-1", "pgrep-syd-1"):
+        assert dry[minion] == {"postgres-patroni-dynamic-config": (None, {"ttl": {"old": 14, "new": 10},
+                                                                          "loop_wait": {"old": 3, "new": 2}})}
+    assert database.dynamic_config()["ttl"] == 14
+    applied = database_hosts_apply()
+    assert all(set(changed) <= {"postgres-patroni-dynamic-config"} for changed in applied.values()), applied
+    assert any(changed for changed in applied.values()), applied
+    assert {key: database.dynamic_config()[key] for key in ("ttl", "loop_wait")} == {"ttl": 10, "loop_wait": 2}
+    assert database_hosts_apply() == {"coord-syd-1": {}, "pgrep-syd-1": {}}
 
 
 @pytest.mark.parametrize("args", [("candidate=kam-mel-1",), ("candidate=fs-syd-1",), ("candidate=coord-syd-1",),
