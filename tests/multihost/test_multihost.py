@@ -692,6 +692,34 @@ def test_a_forged_role_change_event_changes_nothing(lab, forged):
     assert database.healthy("coord-syd-1")
 
 
+FLOOD = """
+import salt.client
+caller = salt.client.Caller()
+for _ in range(60):
+    caller.cmd("event.fire_master", {"role": "master"}, "gopbx/postgres/role_changed")
+"""
+
+
+def test_a_flood_of_role_change_events_from_a_database_host_is_folded_into_few_runs(lab):
+    database.ensure_leader("coord-syd-1")
+    log = edge.STATE / "machines" / "coord-syd-1" / "root" / "var" / "log" / "salt" / "master"
+
+    def runs():
+        return log.read_text().count("database role change on pgrep-syd-1")
+
+    before = runs()
+    flooded = mlab("run", "pgrep-syd-1", "/opt/saltstack/venv/bin/python3", "-c", FLOOD)
+    assert flooded.returncode == 0, flooded.stdout + flooded.stderr
+    assert wait_for(lambda: runs() > before, timeout=60), log.read_text()[-3000:]
+    settled = None
+    while settled != runs():  # until no run has been added for 10 s
+        settled = runs()
+        time.sleep(10)
+    # 60 well-formed events, each of which alone makes a run: a few runs did the work of all.
+    assert 1 <= settled - before <= 10, settled - before
+    assert database.healthy("coord-syd-1")
+
+
 def test_teardown_leaves_nothing_behind(lab):
     # The machines' PID namespaces: those of the processes under each systemd-nspawn.
     nspawns = subprocess.run(["pgrep", "-f", "systemd-nspawn"], capture_output=True, text=True).stdout.split()
